@@ -1,0 +1,202 @@
+"""The one option table.
+
+Every option is declared exactly once, as a field of :class:`Config` with its CLI flag, help text
+and bounds in the field metadata. The click command, the settings reference in docs/ and the
+validation all read these fields, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from polycorn.errors import ConfigError
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    kind: str = "value",
+    choices: Sequence[str] | None = None,
+    minimum: float | None = None,
+    metavar: str | None = None,
+    group: str = "server",
+    envvar: str | None = None,
+) -> Any:
+    """Declare one option: a dataclass field whose metadata feeds the CLI and the docs.
+
+    ``kind`` is ``value`` (typed by the default or ``metavar``), ``bool`` (``--x/--no-x``),
+    ``flag`` (a plain on switch), ``choice`` or ``multi`` (repeatable).
+    """
+    meta = {
+        "help": help,
+        "flag": flag,
+        "kind": kind,
+        "choices": tuple(choices) if choices else None,
+        "minimum": minimum,
+        "metavar": metavar,
+        "group": group,
+        "envvar": envvar,
+    }
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults are not allowed in Config")
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated, immutable, picklable server configuration (when ``app`` is an import string)."""
+
+    app: Any = field(default="polycorn.demo:app", metadata={"help": "ASGI app", "kind": "app"})
+
+    # --- sockets -------------------------------------------------------------------------
+    host: str = option("127.0.0.1", "Bind socket to this host.", group="socket")
+    port: int = option(8000, "Bind socket to this port; 0 picks a free port.", minimum=0, group="socket")
+    uds: str | None = option(None, "Bind to a UNIX domain socket at this path.", metavar="PATH", group="socket")
+    fd: int | None = option(None, "Serve on an already-open listening socket file descriptor.", metavar="INT", minimum=0, group="socket")
+    backlog: int = option(2048, "Maximum number of connections waiting in the kernel accept queue.", minimum=1, group="socket")
+
+    # --- implementation --------------------------------------------------------------------
+    loop: Literal["auto", "uvloop", "asyncio"] = option(
+        "auto", "Event loop: uvloop where installed, asyncio otherwise.", kind="choice",
+        choices=("auto", "uvloop", "asyncio"), group="implementation",
+    )
+    http: Literal["auto", "httptools", "h11"] = option(
+        "auto", "HTTP/1.1 parser: httptools where installed, h11 otherwise.", kind="choice",
+        choices=("auto", "httptools", "h11"), group="implementation",
+    )
+    lifespan: Literal["auto", "on", "off"] = option(
+        "auto", "Lifespan protocol: 'auto' runs it if the app supports it, 'on' requires it.",
+        kind="choice", choices=("auto", "on", "off"), group="implementation",
+    )
+
+    # --- application -----------------------------------------------------------------------
+    factory: bool = option(False, "Treat APP as a zero-argument factory that returns the ASGI app.", kind="flag", group="application")
+    app_dir: str = option(".", "Directory put first on sys.path before importing APP.", metavar="DIR", group="application")
+    env_file: str | None = option(None, "Load environment variables from this .env file (needs python-dotenv).", metavar="PATH", group="application")
+    root_path: str = option("", "ASGI root_path for an app mounted below a path prefix (behind a proxy).", group="application")
+
+    # --- logging ---------------------------------------------------------------------------
+    log_config: str | None = option(None, "Logging configuration file: .json or .yaml (dictConfig) or .ini (fileConfig).", metavar="PATH", group="logging")
+    log_level: str = option("info", "Log level.", kind="choice", choices=LOG_LEVELS, group="logging")
+    access_log: bool = option(True, "Log one line per request to the polycorn.access logger.", kind="bool", group="logging")
+
+    # --- proxies ---------------------------------------------------------------------------
+    proxy_headers: bool = option(True, "Trust X-Forwarded-For/X-Forwarded-Proto from --forwarded-allow-ips peers.", kind="bool", group="proxy")
+    forwarded_allow_ips: str = option(
+        "127.0.0.1", "Comma-separated IPs or CIDRs (or '*') whose proxy headers are trusted.",
+        group="proxy", envvar="FORWARDED_ALLOW_IPS",
+    )
+
+    # --- limits ----------------------------------------------------------------------------
+    limit_concurrency: int | None = option(None, "Answer 503 once this many requests are in flight on a loop.", metavar="INT", minimum=1, group="limits")
+    limit_max_requests: int | None = option(None, "Shut down (to be restarted) after serving this many requests.", metavar="INT", minimum=1, group="limits")
+    limit_request_line: int = option(8190, "Maximum bytes in the request line (414 beyond).", minimum=64, group="limits")
+    limit_request_fields: int = option(100, "Maximum number of request header fields (431 beyond).", minimum=1, group="limits")
+    limit_request_head: int = option(65536, "Maximum bytes of the whole request head: line and headers (431 beyond).", minimum=256, group="limits")
+    h11_max_incomplete_event_size: int | None = option(
+        None, "h11 parser buffer bound in bytes; defaults to --limit-request-head.", metavar="INT", minimum=256, group="limits",
+    )
+    read_high_water: int = option(65536, "Request body bytes buffered per request before reading pauses.", minimum=1024, group="limits")
+    write_high_water: int = option(65536, "Transport write-buffer bytes above which the app's send() waits.", minimum=1024, group="limits")
+
+    # --- timeouts --------------------------------------------------------------------------
+    timeout_keep_alive: float = option(5.0, "Close idle keep-alive connections after this many seconds.", minimum=0, group="timeouts")
+    timeout_graceful_shutdown: float = option(
+        30.0, "Seconds to let in-flight requests finish on shutdown before cancelling them.", minimum=0, group="timeouts",
+    )
+
+    # --- response headers ------------------------------------------------------------------
+    server_header: bool = option(True, "Send a 'server: polycorn' header.", kind="bool", group="headers")
+    date_header: bool = option(True, "Send a 'date' header.", kind="bool", group="headers")
+    headers: tuple[tuple[str, str], ...] = option(
+        (), "Default response header 'Name:Value' (repeatable).", flag="--header", kind="multi", metavar="NAME:VALUE", group="headers",
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            meta = f.metadata
+            value = getattr(self, f.name)
+            flag = cli_flag(f)
+            if meta.get("choices") and value not in meta["choices"]:
+                raise ConfigError(f"{flag}: {value!r} is not one of {', '.join(meta['choices'])}")
+            minimum = meta.get("minimum")
+            if minimum is not None and value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(f"{flag}: expected a number, got {value!r}")
+                if value < minimum:
+                    raise ConfigError(f"{flag}: must be at least {minimum}, got {value}")
+        if self.port > 65535:
+            raise ConfigError(f"--port: must be at most 65535, got {self.port}")
+        if self.uds is not None and self.fd is not None:
+            raise ConfigError("--uds and --fd cannot be used together")
+        if not (isinstance(self.app, str) or callable(self.app)):
+            raise ConfigError("app must be an import string 'module:attribute' or an ASGI callable")
+        object.__setattr__(self, "headers", tuple(_parse_header(h) for h in self.headers))
+        object.__setattr__(self, "log_level", str(self.log_level).lower())
+        self.forwarded_networks  # validate eagerly
+        if self.root_path and not self.root_path.startswith("/"):
+            raise ConfigError(f"--root-path: must start with '/', got {self.root_path!r}")
+
+    def replace(self, **changes: Any) -> Config:
+        """A new validated Config with some options changed."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def forwarded_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+        """Trusted proxy networks; ``None`` means every peer is trusted ('*')."""
+        items = [s.strip() for s in self.forwarded_allow_ips.split(",") if s.strip()]
+        if "*" in items:
+            return None
+        nets = []
+        for item in items:
+            try:
+                nets.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ConfigError(f"--forwarded-allow-ips: {item!r} is not an IP address or network") from None
+        return tuple(nets)
+
+    @property
+    def head_limit_h11(self) -> int:
+        return self.h11_max_incomplete_event_size or self.limit_request_head
+
+
+def _parse_header(item: Any) -> tuple[str, str]:
+    if isinstance(item, str):
+        name, sep, value = item.partition(":")
+        if not sep:
+            raise ConfigError(f"--header: expected 'Name:Value', got {item!r}")
+    else:
+        name, value = item
+    name, value = name.strip(), value.strip()
+    if not _HEADER_NAME.match(name):
+        raise ConfigError(f"--header: {name!r} is not a valid header name")
+    if _HEADER_VALUE_BAD.search(value):
+        raise ConfigError(f"--header: the value of {name!r} contains control characters")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConfigError(f"--header: the value of {name!r} is not latin-1 text") from None
+    return name, value
+
+
+def cli_flag(f: dataclasses.Field[Any]) -> str:
+    """The long CLI flag of an option field."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def option_fields() -> list[dataclasses.Field[Any]]:
+    """The option fields in declaration order (``app`` excluded)."""
+    return [f for f in dataclasses.fields(Config) if f.metadata.get("kind") != "app"]
+

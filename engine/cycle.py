@@ -1,0 +1,364 @@
+"""One request/response exchange: the ASGI ``receive``/``send`` pair (ASGI HTTP spec 2.4).
+
+Both parsers feed the same connection, which creates one of these per request. The response
+writer lives here too: the head is held back until the first body message so that head and body
+usually leave in one ``transport.write``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from polycorn.response import (
+    CONTINUE,
+    NO_BODY_STATUSES,
+    VALID_HEADER_BLOCK,
+    error_response,
+    status_line,
+)
+
+if TYPE_CHECKING:
+    from polycorn.connection import HttpConnection
+
+logger = logging.getLogger("polycorn.error")
+
+# Response states: a table, not a bag of booleans.
+START = 0  # waiting for http.response.start
+HEAD = 1  # start received, head not written yet
+BODY = 2  # head written, more body may follow
+DONE = 3  # response complete
+
+# Response header names that change framing or replace a server default.
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _SERVER, _DATE = range(5)
+_RESPONSE_SPECIAL = {
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+    b"server": _SERVER,
+    b"date": _DATE,
+}.get
+
+_PATHSEND_CHUNK = 256 * 1024
+
+
+class ClientDisconnected(OSError):
+    """``send()`` after the client went away (ASGI HTTP spec 2.4: an OSError subclass)."""
+
+
+class RequestCycle:
+    __slots__ = (
+        "conn",
+        "scope",
+        "keep_alive",
+        "expect_continue",
+        "is_head",
+        "chunks",
+        "buffered",
+        "body_done",
+        "body_delivered",
+        "disconnected",
+        "waiter",
+        "state",
+        "status",
+        "head_block",
+        "replaced",
+        "chunked",
+        "remaining",
+        "bytes_sent",
+        "started_at",
+        "task",
+    )
+
+    def __init__(
+        self,
+        conn: HttpConnection,
+        scope: dict[str, Any],
+        keep_alive: bool,
+        expect_continue: bool,
+        is_head: bool,
+        started_at: float,
+    ) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.is_head = is_head
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.body_done = False
+        self.body_delivered = False
+        self.disconnected = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.state = START
+        self.status = 0
+        self.head_block = b""
+        self.replaced = 0
+        self.chunked = False
+        self.remaining: int | None = None
+        self.bytes_sent = 0
+        self.started_at = started_at
+        self.task: asyncio.Task[None] | None = None
+
+    # -- fed by the connection ---------------------------------------------------------------
+    def feed_body(self, chunk: bytes) -> None:
+        if self.state == DONE or self.disconnected:
+            return  # the response is out; the rest of the body is read and dropped
+        self.chunks.append(chunk)
+        self.buffered += len(chunk)
+        self.wake()
+
+    def end_body(self) -> None:
+        self.body_done = True
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the app side ------------------------------------------------------------------------
+    async def run(self, app: Any) -> None:
+        conn = self.conn
+        try:
+            await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            # Only a shutdown past its grace period cancels requests; the log says so there.
+            if self.state != DONE:
+                self.state = DONE
+                conn.abort_cycle(self)
+        except ClientDisconnected:
+            logger.debug("client disconnected before the response was complete")
+        except BaseException as exc:
+            conn.log_app_error(self, exc)
+            self._fail()
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if self.state != DONE and not self.disconnected:
+                logger.error(
+                    "ASGI app returned without completing the response to %s",
+                    conn.describe_request(self),
+                )
+                self._fail()
+        finally:
+            conn.service.request_done(self.task)
+
+    def _fail(self) -> None:
+        """Answer 500 if nothing was written yet (connection kept), else close the connection."""
+        if self.disconnected or self.state == DONE:
+            return
+        conn = self.conn
+        if self.state == BODY:
+            self.state = DONE
+            conn.abort_cycle(self)
+            return
+        self.status = 500
+        keep_alive = self.keep_alive and conn.service.accepting and not self.expect_continue
+        conn.transport.write(error_response(500, conn.service.date_line, close=not keep_alive))
+        self.state = DONE
+        conn.on_response_complete(self, keep_alive)
+
+    async def receive(self) -> dict[str, Any]:
+        if self.expect_continue:
+            self.expect_continue = False
+            if self.state == START and not self.disconnected:
+                self.conn.transport.write(CONTINUE)
+        while not self.chunks and not self.disconnected and self.state != DONE:
+            if self.body_done and not self.body_delivered:
+                break
+            # Body pending, or body done and the app waits for a disconnect (long polling).
+            waiter = self.waiter = self.conn.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+        if self.disconnected or self.state == DONE:
+            return {"type": "http.disconnect"}
+        chunks = self.chunks
+        if len(chunks) == 1:
+            body = chunks[0]
+        else:
+            body = b"".join(chunks)
+        chunks.clear()
+        self.buffered = 0
+        self.body_delivered = self.body_done
+        conn = self.conn
+        if conn.reading_paused:
+            conn.maybe_resume_reading()
+        return {"type": "http.request", "body": body, "more_body": not self.body_done}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.disconnected:
+            raise ClientDisconnected("the client disconnected")
+        mtype = message["type"]
+        state = self.state
+        if state == START:
+            if mtype != "http.response.start":
+                raise RuntimeError(f"expected ASGI message 'http.response.start', got {mtype!r}")
+            self._start(message)
+            return
+        if state == DONE:
+            raise RuntimeError(f"ASGI message {mtype!r} sent after the response was complete")
+        if mtype == "http.response.body":
+            self._body(message.get("body", b""), message.get("more_body", False))
+        elif mtype == "http.response.pathsend":
+            await self._pathsend(message["path"])
+        else:
+            raise RuntimeError(f"expected ASGI message 'http.response.body', got {mtype!r}")
+        if self.conn.writing_paused:
+            await self.conn.drain()
+
+    def _start(self, message: dict[str, Any]) -> None:
+        status = message["status"]
+        if type(status) is not int:
+            raise RuntimeError(f"response status must be an int, got {status!r}")
+        parts: list[bytes] = []
+        append = parts.append
+        replaced = 0
+        for name, value in message.get("headers", ()):
+            kind = _RESPONSE_SPECIAL(name.lower())
+            if kind is not None:
+                if kind == _CONTENT_LENGTH:
+                    try:
+                        length = int(value)
+                    except ValueError:
+                        length = -1
+                    if length < 0:
+                        raise RuntimeError(f"invalid content-length response header {value!r}")
+                    self.remaining = length
+                elif kind == _TRANSFER_ENCODING:
+                    # Framing is the server's job: chunked is applied by the writer below.
+                    self.chunked = True
+                    continue
+                elif kind == _CONNECTION:
+                    if b"close" in value.lower():
+                        self.keep_alive = False
+                    continue  # the writer emits its own Connection header
+                else:
+                    replaced |= 1 << kind  # the app's server/date replaces ours
+            append(name)
+            append(b": ")
+            append(value)
+            append(b"\r\n")
+        block = b"".join(parts)
+        if VALID_HEADER_BLOCK(block) is None:
+            raise RuntimeError("invalid response header name or value (CR, LF or NUL, or a non-token name)")
+        self.status = status
+        self.head_block = block
+        self.replaced = replaced
+        self.state = HEAD
+
+    def _head(self, body_length: int | None, more_body: bool) -> bytes:
+        """Finish the head once the first body part shows how to frame the response."""
+        conn = self.conn
+        service = conn.service
+        status = self.status
+        framing = b""
+        if status in NO_BODY_STATUSES:
+            self.remaining = None
+            self.chunked = False
+        elif self.remaining is not None:
+            self.chunked = False
+            if self.is_head:
+                self.remaining = None
+        elif self.is_head and not body_length:
+            self.chunked = False  # an empty HEAD body says nothing about the GET length
+        elif not more_body and body_length is not None:
+            framing = b"content-length: %d\r\n" % body_length
+            self.chunked = False
+        elif self.scope["http_version"] == "1.1":
+            framing = b"transfer-encoding: chunked\r\n"
+            self.chunked = True
+        else:
+            self.chunked = False
+            self.keep_alive = False  # HTTP/1.0: the close delimits the body (RFC 9112 §6.3)
+        keep_alive = self.keep_alive = self.keep_alive and service.accepting and not self.expect_continue
+        if not keep_alive:
+            connection = b"connection: close\r\n"
+        elif self.scope["http_version"] == "1.0":
+            connection = b"connection: keep-alive\r\n"
+        else:
+            connection = b""
+        defaults = service.default_head if not self.replaced else service.head_defaults(bool(self.replaced & (1 << _SERVER)), bool(self.replaced & (1 << _DATE)))
+        self.state = BODY
+        return b"".join((status_line(status), defaults, self.head_block, framing, connection, b"\r\n"))
+
+    def _body(self, body: bytes, more_body: bool) -> None:
+        if self.state == HEAD:
+            head = self._head(len(body), more_body)
+        else:
+            head = b""
+        if self.is_head or self.status in NO_BODY_STATUSES:
+            body = b""
+        remaining = self.remaining
+        if remaining is not None:
+            remaining -= len(body)
+            self.remaining = remaining
+            if remaining < 0:
+                self.keep_alive = False
+                if head:
+                    self.state = HEAD  # nothing written yet: the failure becomes a 500
+                raise RuntimeError("response body longer than its content-length header")
+            if not more_body and remaining:
+                if head:
+                    self.state = HEAD
+                raise RuntimeError(
+                    f"response body shorter than its content-length header ({remaining} bytes missing)"
+                )
+        self.bytes_sent += len(body)
+        if self.chunked:
+            if body:
+                data = b"".join((head, b"%x\r\n" % len(body), body, b"\r\n0\r\n\r\n" if not more_body else b"\r\n"))
+            else:
+                data = head + b"0\r\n\r\n" if not more_body else head
+        elif head:
+            data = head + body if body else head
+        else:
+            data = body
+        if data:
+            self.conn.transport.write(data)
+        if not more_body:
+            self.state = DONE
+            self.conn.on_response_complete(self, self.keep_alive)
+
+    async def _pathsend(self, path: str) -> None:
+        """``http.response.pathsend``: the file goes out with sendfile where the loop can."""
+        conn = self.conn
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if self.state == HEAD:
+                if self.remaining is None and not self.is_head and self.status not in NO_BODY_STATUSES:
+                    self.remaining = size
+                    self.head_block += b"content-length: %d\r\n" % size
+                conn.transport.write(self._head(None, True))
+            if not self.is_head and self.status not in NO_BODY_STATUSES:
+                if self.remaining is not None and self.remaining != size:
+                    self.keep_alive = False
+                    raise RuntimeError("pathsend file size differs from the content-length header")
+                await self._send_file(file, size)
+                self.bytes_sent += size
+        self.remaining = None
+        self._body(b"", False)
+
+    async def _send_file(self, file: Any, size: int) -> None:
+        conn = self.conn
+        if self.chunked:
+            conn.transport.write(b"%x\r\n" % size)
+        if conn.writing_paused:
+            await conn.drain()
+        try:
+            await conn.loop.sendfile(conn.transport, file, 0, size)
+        except (NotImplementedError, AttributeError, RuntimeError):
+            # uvloop transports have no sendfile: stream the file in chunks, honouring drain.
+            file.seek(0)
+            while chunk := file.read(_PATHSEND_CHUNK):
+                if self.disconnected:
+                    raise ClientDisconnected("the client disconnected") from None
+                conn.transport.write(chunk)
+                if conn.writing_paused:
+                    await conn.drain()
+        if self.chunked:
+            conn.transport.write(b"\r\n")

@@ -1,0 +1,42 @@
+"""Typed start-up errors.
+
+Only ``polycorn.cli`` turns these into exit codes; everything below it raises them so that
+embedding code (``Server.serve()``) can handle them like any other exception.
+"""
+
+from __future__ import annotations
+
+
+class PolycornError(Exception):
+    """Base of the errors that stop the server with one clear line instead of a traceback."""
+
+    #: Process exit code the CLI uses for this error.
+    exit_code = 1
+
+
+class ConfigError(PolycornError):
+    """An option value is invalid (usage error, like click's)."""
+
+    exit_code = 2
+
+
+class AppLoadError(PolycornError):
+    """The application could not be imported or built.
+
+    A distinct code lets supervisors (ours, systemd, gunicorn-style arbiters) tell "the app is
+    broken" from "the worker crashed" and stop respawning.
+    """
+
+    exit_code = 4
+
+
+class AppStartupError(PolycornError):
+    """The application failed its lifespan start-up."""
+
+    exit_code = 3
+
+
+class BindError(PolycornError):
+    """A listening socket could not be created (port in use, permission denied, bad path)."""
+
+    exit_code = 1

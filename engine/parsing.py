@@ -1,0 +1,63 @@
+"""What both HTTP/1.1 parser adapters share: the error type, the limits and the sink interface.
+
+An adapter turns bytes into four plain calls on a sink (the connection). Everything that decides
+behaviour (keep-alive, Host checks, target parsing, flow control) lives in the one connection, so
+both parsers answer the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP/1.1; ``status`` is the response to send before closing."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ParserLimits:
+    request_line: int = 8190
+    fields: int = 100
+    head: int = 65536
+    h11_incomplete_event: int = 65536
+
+
+class Sink(Protocol):
+    def on_head(
+        self, method: bytes, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]]
+    ) -> None: ...
+
+    def on_body(self, chunk: bytes) -> None: ...
+
+    def on_message_complete(self) -> None: ...
+
+
+class ParserAdapter(Protocol):
+    def __init__(self, sink: Sink, limits: ParserLimits) -> None: ...
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; raises :class:`ProtocolError` on malformed input."""
+
+    def stop(self) -> None:
+        """Ignore everything after the current message (the connection will close)."""
+
+
+def parser_class(name: str) -> type[ParserAdapter]:
+    """Pick the adapter once at start-up: 'auto' prefers httptools where it imports."""
+    if name in ("auto", "httptools"):
+        try:
+            from polycorn.parser_httptools import HttptoolsAdapter
+        except ImportError:
+            if name == "httptools":
+                raise
+        else:
+            return HttptoolsAdapter
+    from polycorn.parser_h11 import H11Adapter
+
+    return H11Adapter

@@ -1,0 +1,183 @@
+"""Per-loop HTTP state shared by that loop's connections.
+
+Everything decidable at start-up is decided here once (parser, limits, default header bytes,
+access log on or off), so the per-request path only reads attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from polycorn.config import Config
+from polycorn.connection import HttpConnection
+from polycorn.logs import access_logger, escape
+from polycorn.parsing import ParserLimits, parser_class
+
+if TYPE_CHECKING:
+    from polycorn.cycle import RequestCycle
+
+logger = logging.getLogger("polycorn.error")
+
+
+class HttpService:
+    def __init__(
+        self,
+        config: Config,
+        app: Any,
+        loop: asyncio.AbstractEventLoop,
+        state: dict[str, Any] | None = None,
+        on_max_requests: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.app = app
+        self.loop = loop
+        self.state: dict[str, Any] = state if state is not None else {}
+        self.parser_class = parser_class(config.http)
+        self.parser_limits = ParserLimits(
+            request_line=config.limit_request_line,
+            fields=config.limit_request_fields,
+            head=config.limit_request_head,
+            h11_incomplete_event=config.head_limit_h11,
+        )
+        self.keep_alive = config.timeout_keep_alive
+        self.read_high_water = config.read_high_water
+        self.write_high_water = config.write_high_water
+        self.root_path = config.root_path
+        self.root_path_bytes = config.root_path.encode("utf-8")
+        self.proxy_headers = config.proxy_headers
+        self._networks = config.forwarded_networks
+        self.access_log = config.access_log and access_logger.isEnabledFor(logging.INFO) and not access_logger.disabled
+        self.clock = time.perf_counter  # uvloop's loop.time() ticks in milliseconds
+        self.connections: set[HttpConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.inflight = 0
+        self.served = 0
+        self._limit = config.limit_concurrency or 0
+        self._max_requests = config.limit_max_requests or 0
+        self._on_max_requests = on_max_requests
+        self.accepting = True
+        self._drained: asyncio.Future[None] | None = None
+        self._server_line = b"server: polycorn\r\n" if config.server_header else b""
+        self._custom = b"".join(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")) for n, v in config.headers)
+        self._send_date = config.date_header
+        self.date_line = b""
+        self.default_head = b""
+        self._date_timer: asyncio.TimerHandle | None = None
+        self._tick()
+
+    # -- Date header: computed once a second per loop (RFC 9110 §6.6.1) -------------------------
+    def _tick(self) -> None:
+        now = time.time()
+        self.date_line = b"date: %s\r\n" % formatdate(now, usegmt=True).encode("ascii")
+        self.default_head = self.head_defaults(False, False)
+        self._date_timer = self.loop.call_later(1.0 - now % 1.0, self._tick)
+
+    def head_defaults(self, app_server: bool, app_date: bool) -> bytes:
+        """Server-added header bytes, leaving out the ones the app supplied itself."""
+        server = b"" if app_server else self._server_line
+        date = self.date_line if self._send_date and not app_date else b""
+        return server + date + self._custom
+
+    # -- admission and accounting ----------------------------------------------------------------
+    def admit(self) -> bool:
+        """Count a request in; False when --limit-concurrency is reached (the caller sends 503)."""
+        if self._limit and self.inflight >= self._limit:
+            return False
+        self.inflight += 1
+        return True
+
+    def request_done(self, task: asyncio.Task[None] | None) -> None:
+        self.inflight -= 1
+        if task is not None:
+            self.tasks.discard(task)
+        if not self.accepting:
+            self._check_drained()
+
+    def request_served(self) -> None:
+        self.served += 1
+        if self.served == self._max_requests and self._on_max_requests is not None:
+            logger.info("served %d requests (--limit-max-requests): shutting down", self.served)
+            self._on_max_requests()
+
+    def connection_closed(self) -> None:
+        if not self.accepting:
+            self._check_drained()
+
+    def trusts(self, client: tuple[str, int] | None) -> bool:
+        """Whether this peer's X-Forwarded-* headers are believed (decided once per connection)."""
+        if not self.proxy_headers:
+            return False
+        if self._networks is None:
+            return True
+        if client is None:
+            return False
+        try:
+            addr = ipaddress.ip_address(client[0])
+        except ValueError:
+            return False
+        return any(addr in net for net in self._networks)
+
+    def log_access(self, conn: HttpConnection, cycle: RequestCycle) -> None:
+        scope = cycle.scope
+        client = scope["client"]
+        query = scope["query_string"]
+        target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        access_logger.info(
+            '%s - "%s %s HTTP/%s" %d %d %.2fms',
+            f"{client[0]}:{client[1]}" if client else "-",
+            scope["method"],
+            escape(target),
+            scope["http_version"],
+            cycle.status,
+            cycle.bytes_sent,
+            (self.clock() - cycle.started_at) * 1000.0,
+        )
+
+    # -- graceful shutdown ---------------------------------------------------------------------
+    async def shutdown(self, timeout: float) -> bool:
+        """Stop taking requests, let in-flight ones finish; True if all did within ``timeout``."""
+        self.accepting = False
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        graceful = True
+        if self.connections or self.tasks:
+            self._drained = self.loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drained), timeout)
+            except asyncio.TimeoutError:
+                graceful = False
+                logger.warning(
+                    "graceful shutdown timed out after %gs: cancelling %d request(s), closing %d connection(s)",
+                    timeout,
+                    len(self.tasks),
+                    len(self.connections),
+                )
+                self.cancel_all()
+                if self.tasks:
+                    await asyncio.wait(list(self.tasks), timeout=5)
+        self.close()
+        return graceful
+
+    def cancel_all(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        for conn in list(self.connections):
+            conn.force_close()
+
+    def _check_drained(self) -> None:
+        if not self.connections and not self.tasks and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def close(self) -> None:
+        if self._date_timer is not None:
+            self._date_timer.cancel()
+            self._date_timer = None
+
+    def protocol_factory(self) -> HttpConnection:
+        return HttpConnection(self)

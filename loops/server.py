@@ -1,0 +1,148 @@
+"""One event loop serving one app: bind, lifespan, serve, graceful shutdown on signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import signal
+import socket
+import threading
+from typing import Any
+
+from polycorn.config import Config
+from polycorn.errors import ConfigError
+from polycorn.importer import load_app
+from polycorn.lifespan import Lifespan
+from polycorn.logs import configure_logging
+from polycorn.service import HttpService
+from polycorn.version import __version__
+
+from polycorn.loops import eventloop, sockets
+
+logger = logging.getLogger("polycorn.error")
+
+_EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def prepare_process(config: Config) -> None:
+    """Process-wide set-up that must precede importing the app: the .env file and logging."""
+    if config.env_file is not None:
+        try:
+            from dotenv import load_dotenv
+        except ImportError:
+            raise ConfigError("--env-file needs python-dotenv (pip install 'polycorn[dotenv]')") from None
+        if not os.path.isfile(config.env_file):
+            raise ConfigError(f"--env-file: no such file {config.env_file!r}")
+        load_dotenv(config.env_file, override=True)
+    configure_logging(config.log_config, config.log_level, config.access_log)
+
+
+class Server:
+    """Serve ``config.app`` on the running loop; ``serve()`` embeds in an existing loop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = False
+        self.bound: list[socket.socket] = []
+        self.service: HttpService | None = None
+        self.graceful = True
+        self._exit: asyncio.Event | None = None
+        self._force: asyncio.Event | None = None
+        self._exit_requested = False
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        """Blocking entry point: choose the loop, serve until SIGINT/SIGTERM."""
+        eventloop.run(self.serve(sockets), eventloop.loop_factory(self.config.loop))
+
+    async def serve(self, listen: list[socket.socket] | None = None) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        self._exit = asyncio.Event()
+        self._force = asyncio.Event()
+        if self._exit_requested:
+            self._exit.set()
+        app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
+        self.bound = listen if listen is not None else [sockets.bind(config)]
+        lifespan = Lifespan(app, config.lifespan)
+        try:
+            await lifespan.startup()
+        except BaseException:
+            self._close_sockets(listen is None)
+            raise
+        service = self.service = HttpService(config, app, loop, lifespan.state, on_max_requests=self.request_exit)
+        servers = []
+        for sock in self.bound:
+            servers.append(await loop.create_server(service.protocol_factory, sock=sock, backlog=config.backlog))
+        installed = self._install_signals(loop)
+        self.started = True
+        logger.info(
+            "Polycorn %s on %s %s (%s, %s parser), pid %d",
+            __version__,
+            platform.python_implementation(),
+            platform.python_version(),
+            eventloop.loop_name(loop),
+            service.parser_class.__name__.replace("Adapter", "").lower(),
+            os.getpid(),
+        )
+        for sock in self.bound:
+            logger.info("listening on %s (press CTRL+C to quit)", sockets.describe(sock))
+        try:
+            await self._exit.wait()
+        finally:
+            logger.info("shutting down")
+            for srv in servers:
+                srv.close()
+            shutdown = loop.create_task(service.shutdown(config.timeout_graceful_shutdown))
+            force = loop.create_task(self._force.wait())
+            await asyncio.wait((shutdown, force), return_when=asyncio.FIRST_COMPLETED)
+            if not shutdown.done():
+                logger.warning("second signal: forcing exit, in-flight requests are cancelled")
+                service.cancel_all()
+                await asyncio.wait((shutdown,), timeout=5)
+                self.graceful = False
+            else:
+                self.graceful = shutdown.result()
+            force.cancel()
+            if not self._force.is_set():
+                await lifespan.shutdown()
+            self._remove_signals(loop, installed)
+            self._close_sockets(listen is None)
+            self.started = False
+            logger.info("finished server process %d", os.getpid())
+
+    def request_exit(self) -> None:
+        """Begin a graceful shutdown (thread-unsafe: call on the server's loop)."""
+        self._exit_requested = True
+        if self._exit is not None:
+            if self._exit.is_set():
+                assert self._force is not None
+                self._force.set()
+            self._exit.set()
+
+    def _close_sockets(self, owned: bool) -> None:
+        for sock in self.bound:
+            if owned:
+                if sock.family == getattr(socket, "AF_UNIX", None) and self.config.uds:
+                    try:
+                        os.unlink(self.config.uds)
+                    except OSError:
+                        pass
+                sock.close()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return []  # embedded in a thread: the embedding code decides when to stop
+        installed: list[Any] = []
+        for sig in _EXIT_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, self.request_exit)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
+                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(self.request_exit))
+        return installed
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop, installed: list[Any]) -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
