@@ -125,6 +125,8 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.log_level, str):
+            object.__setattr__(self, "log_level", self.log_level.lower())
         for f in dataclasses.fields(self):
             meta = f.metadata
             value = getattr(self, f.name)
@@ -144,7 +146,6 @@ class Config:
         if not (isinstance(self.app, str) or callable(self.app)):
             raise ConfigError("app must be an import string 'module:attribute' or an ASGI callable")
         object.__setattr__(self, "headers", tuple(_parse_header(h) for h in self.headers))
-        object.__setattr__(self, "log_level", str(self.log_level).lower())
         self.forwarded_networks  # validate eagerly
         if self.root_path and not self.root_path.startswith("/"):
             raise ConfigError(f"--root-path: must start with '/', got {self.root_path!r}")

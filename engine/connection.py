@@ -104,7 +104,8 @@ class HttpConnection(asyncio.Protocol):
         if not service.accepting:
             transport.close()
             return
-        self._idle()
+        if service.keep_alive:
+            self._idle()  # a connection that never sends a request is idle too
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -113,9 +114,14 @@ class HttpConnection(asyncio.Protocol):
             self._protocol_error(exc)
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still read the answer to the request it already sent.
         self.eof = True
-        return self.active is not None
+        active = self.active
+        if active is None or active.waiter is not None or (self.parsing is active and not active.body_done):
+            # Idle, an app waiting in receive() (for the disconnect, say), or a body that can
+            # never be completed: to all of these the client is gone, so close (http.disconnect).
+            return None
+        # A half-closed client may still read the answer to the request it already sent.
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -192,6 +198,8 @@ class HttpConnection(asyncio.Protocol):
                     proto = _FORWARDED_SCHEMES(value.rpartition(b",")[2].strip().lower())
                     if proto is not None:
                         scheme = proto
+        if not service.keep_alive:
+            keep_alive = False  # --timeout-keep-alive 0: one request per connection
         if hosts != 1 and (hosts or http_version == "1.1"):
             # RFC 9112 §3.2: exactly one Host in HTTP/1.1; never several.
             raise ProtocolError(400, "missing Host header" if not hosts else "several Host headers")
@@ -280,7 +288,7 @@ class HttpConnection(asyncio.Protocol):
             cycle.wake()  # a receive() waiting for a disconnect gets one now
         self.active = None
         service.request_served()
-        if not keep_alive or self.eof or self.closed:
+        if not keep_alive or self.closed:
             self.close()
             return
         pipeline = self.pipeline
@@ -288,6 +296,9 @@ class HttpConnection(asyncio.Protocol):
             self._run(pipeline.popleft())
             if not pipeline:
                 self.maybe_resume_reading()
+            return
+        if self.eof:
+            self.close()  # the half-closed client has had every answer it asked for
             return
         if self.pending_error is not None:
             self._send_error(self.pending_error)
@@ -358,6 +369,12 @@ class HttpConnection(asyncio.Protocol):
     def _protocol_error(self, exc: ProtocolError) -> None:
         self.parser.stop()
         active = self.active
+        broken = self.parsing
+        if broken is not None and broken is not active and self.pipeline and broken in self.pipeline:
+            # A queued request whose body broke off would wait for bytes that never come.
+            self.pipeline.remove(broken)
+            broken.disconnected = True
+            self.parsing = None
         if active is not None and (self.parsing is not active or active.body_done):
             # The broken bytes belong to a later request: answer the earlier ones first.
             self.pending_error = exc

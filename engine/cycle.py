@@ -170,6 +170,8 @@ class RequestCycle:
             if self.body_done and not self.body_delivered:
                 break
             # Body pending, or body done and the app waits for a disconnect (long polling).
+            if self.conn.eof:
+                self.conn.close()  # a half-closed client sends nothing more: that is the disconnect
             waiter = self.waiter = self.conn.loop.create_future()
             try:
                 await waiter
@@ -244,7 +246,8 @@ class RequestCycle:
             append(value)
             append(b"\r\n")
         block = b"".join(parts)
-        if VALID_HEADER_BLOCK(block) is None:
+        # One line per header: a value holding "\r\nname: x" would otherwise pass as two lines.
+        if VALID_HEADER_BLOCK(block) is None or block.count(b"\n") != len(parts) >> 2:
             raise RuntimeError("invalid response header name or value (CR, LF or NUL, or a non-token name)")
         self.status = status
         self.head_block = block

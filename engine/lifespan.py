@@ -55,6 +55,11 @@ class Lifespan:
         scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
         try:
             await self.app(scope, self._receive, self._send)
+        except asyncio.CancelledError:
+            # The loop's teardown cancels a lifespan that never got its shutdown (a forced exit
+            # skips it): that is not an application error worth a traceback.
+            self._settle("the lifespan task was cancelled")
+            raise
         except BaseException as exc:
             if self._phase == "startup" and self.mode == "auto" and not self._startup_done():
                 # Lifespan spec: an app that raises on the lifespan scope does not support it.

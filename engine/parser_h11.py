@@ -7,6 +7,8 @@ the next pipelined request without waiting for the real response.
 
 from __future__ import annotations
 
+import re
+
 import h11
 
 from polycorn.parsing import ParserLimits, ProtocolError, Sink
@@ -14,6 +16,11 @@ from polycorn.parsing import ParserLimits, ProtocolError, Sink
 # 400 rather than 2xx: a 2xx would make h11 accept a CONNECT tunnel; no response here is sent.
 _PLACEHOLDER = h11.Response(status_code=400, headers=[(b"content-length", b"0")])
 _END = h11.EndOfMessage()
+
+# What llhttp (the httptools adapter) refuses and h11 lets through: control characters other than
+# HTAB in a field value, and HTTP versions llhttp does not know (the connection answers 505 to 2.0).
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+_VERSIONS = frozenset((b"1.0", b"1.1", b"2.0"))
 
 
 class H11Adapter:
@@ -28,18 +35,23 @@ class H11Adapter:
         self._awaiting_head = True
 
     def feed(self, data: bytes) -> None:
-        if self._stopped:
-            return
+        if self._stopped and self._awaiting_head:
+            return  # stop() lets the current message finish: its body is still the app's
         if self._awaiting_head and self._line_len >= 0:
             # h11 only knows one buffer bound; tell an endless request line (414) from an
             # endless header block (431) the same way the httptools adapter does.
             end = data.find(b"\n")
             length = self._line_len + (len(data) if end < 0 else end)
-            if length > self._limits.request_line:
+            if length > self._limits.request_line + 1:  # + 1: the CR before the LF
+                self._stopped = True
                 raise ProtocolError(414, "request line too long")
             self._line_len = length if end < 0 else -1
         self._conn.receive_data(data)
-        self._drain()
+        try:
+            self._drain()
+        except ProtocolError:
+            self._stopped = self._awaiting_head = True  # nothing after a broken message is parsed
+            raise
 
     def stop(self) -> None:
         self._stopped = True
@@ -47,35 +59,73 @@ class H11Adapter:
     def _drain(self) -> None:
         conn = self._conn
         sink = self._sink
-        while not self._stopped:
+        while not (self._stopped and self._awaiting_head):
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                raise ProtocolError(exc.error_status_hint, f"malformed request: {exc}") from None
+                # h11 hints 501 for a transfer coding other than chunked; llhttp answers 400, and
+                # RFC 9112 §6.3 requires 400 where chunked is not the final coding.
+                status = exc.error_status_hint
+                raise ProtocolError(400 if status == 501 else status, f"malformed request: {exc}") from None
             kind = type(event)
             if kind is h11.Data:
                 sink.on_body(bytes(event.data))  # type: ignore[union-attr]
             elif kind is h11.Request:
                 self._awaiting_head = False
+                method = event.method  # type: ignore[union-attr]
                 target = event.target  # type: ignore[union-attr]
-                if len(target) > self._limits.request_line:
-                    raise ProtocolError(414, "request line too long")
+                version = event.http_version  # type: ignore[union-attr]
                 headers = list(event.headers)  # type: ignore[union-attr]
-                if len(headers) > self._limits.fields:
-                    raise ProtocolError(431, "too many header fields")
-                sink.on_head(
-                    event.method,  # type: ignore[union-attr]
-                    target,
-                    event.http_version.decode("ascii"),  # type: ignore[union-attr]
-                    headers,
-                )
+                if self._check_head(method, target, version, headers):
+                    sink.on_head(method, target, version.decode("ascii"), headers)
+                    continue
+                # Upgrade or CONNECT: llhttp hands such a request over without a body and stops
+                # there, since what follows is another protocol; do the same.
+                sink.on_head(method, target, version.decode("ascii"), headers)
+                sink.on_message_complete()
+                self._stopped = self._awaiting_head = True
+                return
             elif kind is h11.EndOfMessage:
                 sink.on_message_complete()
                 if self._stopped:
+                    self._awaiting_head = True
                     return
                 self._next_cycle()
+                conn = self._conn
             else:  # NEED_DATA, PAUSED or ConnectionClosed
                 return
+
+    def _check_head(self, method: bytes, target: bytes, version: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Apply the limits and the checks llhttp makes; False for an Upgrade or CONNECT request."""
+        if version not in _VERSIONS:
+            raise ProtocolError(400, "malformed request: invalid HTTP version")
+        limits = self._limits
+        line = len(method) + len(target) + 10  # METHOD SP target SP HTTP/x.y
+        if line > limits.request_line:
+            raise ProtocolError(414, "request line too long")
+        if len(headers) > limits.fields:
+            raise ProtocolError(431, "too many header fields")
+        size = line + 4  # the two CRLFs around the field lines
+        framing = 0
+        upgrade = connection_upgrade = False
+        for name, value in headers:
+            size += len(name) + len(value) + 4  # "name: value" CRLF
+            if _BAD_VALUE(value) is not None:
+                raise ProtocolError(400, "malformed request: invalid character in a header value")
+            if name == b"content-length":
+                framing |= 1
+            elif name == b"transfer-encoding":
+                framing |= 2
+            elif name == b"upgrade":
+                upgrade = True
+            elif name == b"connection":
+                connection_upgrade = connection_upgrade or b"upgrade" in [t.strip() for t in value.lower().split(b",")]
+        if size > limits.head:
+            raise ProtocolError(431, "request head too large")
+        if framing == 3:
+            # RFC 9112 §6.3: a smuggling vector; llhttp refuses it too.
+            raise ProtocolError(400, "malformed request: both Content-Length and Transfer-Encoding")
+        return not ((upgrade and connection_upgrade) or method == b"CONNECT")
 
     def _next_cycle(self) -> None:
         conn = self._conn
@@ -84,8 +134,11 @@ class H11Adapter:
         try:
             conn.start_next_cycle()
         except h11.LocalProtocolError:
-            # The request asked to close (or switched protocols): nothing after it is parsed.
-            self._stopped = True
-            return
+            # h11 never keeps an HTTP/1.0 connection open, but the sink did not stop, so this
+            # one asked for keep-alive: go on with a fresh h11 connection and the bytes received.
+            data, _ = conn.trailing_data
+            self._conn = conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.h11_incomplete_event)
+            if data:
+                conn.receive_data(data)
         self._awaiting_head = True
         self._line_len = 0

@@ -19,10 +19,12 @@ class HttptoolsAdapter:
         "_headers",
         "_head_bytes",
         "_in_head",
+        "_in_body",
+        "_completed",
+        "_raw_head",
         "_stopped",
         "_limits",
         "on_body",
-        "on_message_complete",
     )
 
     def __init__(self, sink: Sink, limits: ParserLimits) -> None:
@@ -32,27 +34,28 @@ class HttptoolsAdapter:
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._in_head = False
+        self._in_body = False  # the head went to the sink; its body and end are still due
+        self._completed = False  # a message ended during the current feed()
+        self._raw_head = 0
         self._stopped = False
-        # The sink's own bound methods are the callbacks: no adapter frame per body chunk.
+        # The sink's own bound method is the body callback: no adapter frame per body chunk.
         self.on_body = sink.on_body
-        self.on_message_complete = sink.on_message_complete
         self._parser = httptools.HttpRequestParser(self)
 
     def feed(self, data: bytes) -> None:
-        if self._stopped:
-            return
-        if self._in_head:
-            # Bounds what llhttp buffers for a head that never ends (a header name without a
-            # colon, say), which no callback would otherwise reveal.
-            self._head_bytes += len(data)
-            if self._head_bytes > self._limits.head:
-                raise ProtocolError(431, "request head too large")
+        if self._stopped and not self._in_body:
+            return  # stop() lets the current message finish: its body is still the app's
+        in_head = self._in_head
+        idle = not in_head and not self._in_body
+        self._completed = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Stopped):
                 return
+            self._stopped = True  # nothing after a broken message is parsed
+            self._in_body = False
             if isinstance(cause, ProtocolError):
                 raise cause from None
             raise
@@ -60,8 +63,24 @@ class HttptoolsAdapter:
             # llhttp stops at an Upgrade/CONNECT request; the connection already treated it as
             # the last request on this connection (see HttpConnection.on_head).
             self._stopped = True
+            self._in_body = False
         except httptools.HttpParserError as exc:
+            self._stopped = True
+            self._in_body = False
             raise ProtocolError(400, f"malformed request: {exc}") from None
+        if self._in_head:
+            # The head is still incomplete: bound what llhttp and httptools hold for a head that
+            # never ends (a header line without an end, say), which no callback would reveal.
+            # Only bytes known to be this head's count: never a previous message's tail.
+            if in_head and not self._completed:
+                self._raw_head += len(data)
+            elif idle and not self._completed:
+                self._raw_head = len(data)  # the head began this feed, at its start
+            else:
+                self._raw_head = 0  # it began after another message: counted from the next feed
+            if self._raw_head > self._limits.head:
+                self._stopped = True
+                raise ProtocolError(431, "request head too large")
 
     def stop(self) -> None:
         self._stopped = True
@@ -74,17 +93,26 @@ class HttptoolsAdapter:
         self._headers = []
         self._in_head = True
         self._head_bytes = 0
+        self._raw_head = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self._limits.request_line:
+        # The request line is METHOD SP target SP HTTP/x.y, measured as the h11 adapter does.
+        if len(self._url) + len(self._parser.get_method()) + 10 > self._limits.request_line:
             raise ProtocolError(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
         if value[-1:] in (b" ", b"\t"):
             value = value.rstrip(b" \t")  # RFC 9112 §5: OWS around the value is not part of it
-        headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"transfer-encoding":
+            # Only "chunked" frames a body here (h11 knows no other coding, and llhttp lets
+            # "gzip, chunked" through): refuse the rest before the head reaches the app.
+            value = value.lower()
+            if value != b"chunked":
+                raise ProtocolError(400, "unsupported transfer coding")
+        headers.append((name, value))
         self._head_bytes += len(name) + len(value) + 4
         if len(headers) > self._limits.fields:
             raise ProtocolError(431, "too many header fields")
@@ -94,4 +122,23 @@ class HttptoolsAdapter:
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
-        self._sink.on_head(parser.get_method(), self._url, parser.get_http_version(), self._headers)
+        method = parser.get_method()
+        url = self._url
+        version = parser.get_http_version()
+        if version == "0.9":
+            raise ProtocolError(400, "malformed request: no HTTP version")  # "GET /" (HTTP/0.9)
+        # The whole head: request line, fields as "name: value" lines, CRLFs (as in the h11 adapter).
+        if self._head_bytes + len(method) + len(url) + 14 > self._limits.head:
+            raise ProtocolError(431, "request head too large")
+        headers = self._headers
+        self._headers = []  # trailer fields land here, never in the request's headers
+        self._head_bytes = 0
+        self._in_body = True
+        self._sink.on_head(method, url, version, headers)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._completed = True
+        self._sink.on_message_complete()
+        if self._stopped:
+            raise _Stopped  # the last message on this connection: ignore whatever follows

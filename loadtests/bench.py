@@ -1,0 +1,582 @@
+#!/usr/bin/env python3
+"""Throughput and latency of Polycorn next to uvicorn and granian, measured with wrk.
+
+One command::
+
+    python loadtests/bench.py --rounds 3 --duration 8 --connections 64 \\
+        --scenarios get,json --servers polycorn,uvicorn,granian --json out.json
+
+Every server runs the same raw-ASGI app (``loadtests/bench_app.py``) with one worker and no
+access log, pinned to one CPU (``taskset -c 0``); wrk runs pinned to another (``taskset -c 1``)
+with one thread. Servers are interleaved over the rounds (the order rotates every round) so that
+a slow drift of the machine does not favour whichever server runs first. Each measurement is
+preceded by a short unrecorded warm-up.
+
+Per run it records req/s, p50 and p99 latency, socket errors and non-2xx answers, the CPU
+the server and wrk used during the run (wrk near 100 % of its core means the *load generator* is
+the bottleneck and the numbers understate the server), the server's peak RSS (process tree) and
+the 1-minute load average before and after. The summary shows medians over rounds and each
+server's ratio to uvicorn. See docs/benchmarks.md for how to read the numbers.
+
+Linux only (wrk, taskset, /proc). Needs wrk: ``apt-get install wrk`` (Debian/Ubuntu),
+``dnf install wrk`` (Fedora) or ``brew install wrk``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+APP = "bench_app:app"
+
+#: scenario name -> request path (both routes live in loadtests/bench_app.py).
+SCENARIOS: dict[str, str] = {"get": "/", "json": "/json"}
+
+#: The server every other one is compared with.
+BASELINE = "uvicorn"
+
+
+def _polycorn(port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "polycorn", APP, "--app-dir", str(HERE),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def _uvicorn(port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", APP, "--app-dir", str(HERE),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def _granian(port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "granian", "--interface", "asgi", "--working-dir", str(HERE),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--no-ws",
+        "--no-access-log", "--log-level", "warning", APP,
+    ]  # fmt: skip
+
+
+#: server name -> (importable module that must be installed, command line for a port).
+SERVERS: dict[str, tuple[str, Callable[[int], list[str]]]] = {
+    "polycorn": ("polycorn", _polycorn),
+    "uvicorn": ("uvicorn", _uvicorn),
+    "granian": ("granian", _granian),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    round: int
+    server: str
+    scenario: str
+    requests_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    requests: int
+    socket_errors: int
+    non_2xx: int
+    wrk_cpu_pct: float
+    server_cpu_pct: float | None
+    loadavg_before: float
+    loadavg_after: float
+    wrk_exit: int
+
+
+@dataclass
+class ServerRound:
+    round: int
+    server: str
+    peak_rss_mib: float | None
+    runs: list[Run] = field(default_factory=list)
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _duration_ms(text: str) -> float | None:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if match is None:
+        return None
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    """req/s, p50, p99, request count, socket errors and non-2xx/3xx answers from wrk's output."""
+    result: dict[str, Any] = {"requests_per_s": 0.0, "p50_ms": None, "p99_ms": None}
+    if m := re.search(r"Requests/sec:\s+([\d.]+)", output):
+        result["requests_per_s"] = float(m.group(1))
+    for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
+        if m := re.search(rf"^\s+{pct}%\s+(\S+)\s*$", output, re.MULTILINE):
+            result[key] = _duration_ms(m.group(1))
+    m = re.search(r"(\d+) requests in", output)
+    result["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    result["socket_errors"] = sum(int(g) for g in m.groups()) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    result["non_2xx"] = int(m.group(1)) if m else 0
+    return result
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (granian runs its worker in a child process)."""
+    tree = _children()
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(tree.get(current, ()))
+    return found
+
+
+def _proc_cpu_seconds(pids: list[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def _proc_hwm_mib(pids: list[int]) -> float | None:
+    total_kib = 0
+    seen = False
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if m := re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE):
+            total_kib += int(m.group(1))
+            seen = True
+    return total_kib / 1024 if seen else None
+
+
+class ServerProbe:
+    """CPU time and peak RSS of a server's process tree.
+
+    With psutil installed, RSS is sampled every 100 ms in a thread and the peak of the tree's sum
+    kept; otherwise the kernel's own high-water mark (``VmHWM`` in /proc/PID/status) is summed
+    over the tree, which catches even spikes between samples.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_mib: float | None = None
+        self._stop = threading.Event()
+        self._psutil: Any = None
+        with contextlib.suppress(ImportError):
+            import psutil
+
+            self._psutil = psutil
+            self._thread = threading.Thread(target=self._sample_loop, daemon=True)
+            self._thread.start()
+
+    def _psutil_tree(self) -> list[Any]:
+        root = self._psutil.Process(self.pid)
+        return [root, *root.children(recursive=True)]
+
+    def _sample_loop(self) -> None:
+        psutil = self._psutil
+        while not self._stop.wait(0.1):
+            try:
+                rss = sum(p.memory_info().rss for p in self._psutil_tree()) / 2**20
+            except psutil.Error:
+                continue
+            self.peak_mib = max(self.peak_mib or 0.0, rss)
+
+    def cpu_seconds(self) -> float | None:
+        if self._psutil is not None:
+            try:
+                return sum(sum(p.cpu_times()[:2]) for p in self._psutil_tree())
+            except self._psutil.Error:
+                return None
+        if not os.path.isdir("/proc"):
+            return None
+        return _proc_cpu_seconds(process_tree(self.pid))
+
+    def finish(self) -> float | None:
+        """Peak RSS in MiB; call while the server still runs."""
+        if self._psutil is not None:
+            self._stop.set()
+            self._thread.join()
+            return self.peak_mib
+        if not os.path.isdir("/proc"):
+            return None
+        return _proc_hwm_mib(process_tree(self.pid))
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+def pinned(cpu: str | None, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *argv] if cpu is not None else argv
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_server(name: str, cpu: str | None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    argv = pinned(cpu, SERVERS[name][1](port))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
+    env.pop("WEB_CONCURRENCY", None)  # uvicorn would read it as --workers
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not _answers(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-3000:]
+                    raise RuntimeError(f"{name} did not start ({' '.join(argv)}):\n{tail}")
+                time.sleep(0.1)
+            yield proc, port
+        finally:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the server's session (workers)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def run_wrk(url: str, connections: int, duration: float, cpu: str | None) -> tuple[str, int, float]:
+    """Run wrk to completion: (output, exit code, wrk CPU % of one core over its run)."""
+    argv = pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url])
+    with tempfile.TemporaryFile() as out:
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        # wait4 returns the child's own rusage: wrk's CPU time, with no /proc polling race.
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        output = out.read().decode(errors="replace")
+    cpu_pct = 100.0 * (usage.ru_utime + usage.ru_stime) / wall if wall > 0 else 0.0
+    return output, proc.returncode, cpu_pct
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------
+def _loadavg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def measure(args: argparse.Namespace, rnd: int, name: str, server_cpu: str | None, wrk_cpu: str | None) -> ServerRound:
+    with running_server(name, server_cpu) as (proc, port):
+        probe = ServerProbe(proc.pid)
+        result = ServerRound(round=rnd, server=name, peak_rss_mib=None)
+        for scenario in args.scenarios:
+            url = f"http://127.0.0.1:{port}{SCENARIOS[scenario]}"
+            if args.warmup > 0:
+                run_wrk(url, args.connections, args.warmup, wrk_cpu)
+            time.sleep(args.cooldown)
+            load_before = _loadavg()
+            cpu_before = probe.cpu_seconds()
+            started = time.monotonic()
+            output, code, wrk_cpu_pct = run_wrk(url, args.connections, args.duration, wrk_cpu)
+            wall = time.monotonic() - started
+            cpu_after = probe.cpu_seconds()
+            server_cpu_pct = None
+            if cpu_before is not None and cpu_after is not None and wall > 0:
+                server_cpu_pct = 100.0 * (cpu_after - cpu_before) / wall
+            parsed = parse_wrk(output)
+            if code != 0 or not parsed["requests_per_s"]:
+                print(f"  wrk failed (exit {code}):\n{output}", file=sys.stderr)
+            run = Run(
+                round=rnd,
+                server=name,
+                scenario=scenario,
+                wrk_cpu_pct=wrk_cpu_pct,
+                server_cpu_pct=server_cpu_pct,
+                loadavg_before=load_before,
+                loadavg_after=_loadavg(),
+                wrk_exit=code,
+                **parsed,
+            )
+            result.runs.append(run)
+            print(
+                f"  round {rnd + 1}  {name:<9} {scenario:<5} {run.requests_per_s:>10,.0f} req/s"
+                f"  p50 {_fmt(run.p50_ms, '.2f')} ms  p99 {_fmt(run.p99_ms, '.2f')} ms"
+                f"  errors {run.socket_errors}/{run.non_2xx}"
+                f"  wrk cpu {run.wrk_cpu_pct:.0f}%  server cpu {_fmt(run.server_cpu_pct, '.0f')}%"
+                f"  load {run.loadavg_before:.2f}->{run.loadavg_after:.2f}",
+                flush=True,
+            )
+        result.peak_rss_mib = probe.finish()
+    return result
+
+
+def summarize(results: list[ServerRound], servers: list[str], scenarios: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for scenario in scenarios:
+        medians: dict[str, float] = {}
+        scenario_rows = []
+        for name in servers:
+            runs = [r for sr in results if sr.server == name for r in sr.runs if r.scenario == scenario]
+            if not runs:
+                continue
+            rps = [r.requests_per_s for r in runs]
+            p50 = [r.p50_ms for r in runs if r.p50_ms is not None]
+            p99 = [r.p99_ms for r in runs if r.p99_ms is not None]
+            server_cpu = [r.server_cpu_pct for r in runs if r.server_cpu_pct is not None]
+            rss = [sr.peak_rss_mib for sr in results if sr.server == name and sr.peak_rss_mib is not None]
+            medians[name] = statistics.median(rps)
+            scenario_rows.append(
+                {
+                    "scenario": scenario,
+                    "server": name,
+                    "rounds": len(runs),
+                    "requests_per_s": statistics.median(rps),
+                    "requests_per_s_min": min(rps),
+                    "requests_per_s_max": max(rps),
+                    "p50_ms": statistics.median(p50) if p50 else None,
+                    "p99_ms": statistics.median(p99) if p99 else None,
+                    "peak_rss_mib": max(rss) if rss else None,
+                    "wrk_cpu_pct": statistics.median(r.wrk_cpu_pct for r in runs),
+                    "server_cpu_pct": statistics.median(server_cpu) if server_cpu else None,
+                    "errors": sum(r.socket_errors + r.non_2xx for r in runs),
+                }
+            )
+        base = medians.get(BASELINE)
+        for row in scenario_rows:
+            row["vs_uvicorn"] = row["requests_per_s"] / base if base else None
+        rows.extend(scenario_rows)
+    return rows
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table (readable as plain text too)."""
+    header = (
+        "| scenario | server | req/s (median) | min–max | p50 ms | p99 ms | vs uvicorn "
+        "| peak RSS MiB | server CPU | wrk CPU | errors |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        ratio = row["vs_uvicorn"]
+        lines.append(
+            f"| {row['scenario']} | {row['server']} | {row['requests_per_s']:,.0f} "
+            f"| {row['requests_per_s_min']:,.0f}–{row['requests_per_s_max']:,.0f} "
+            f"| {_fmt(row['p50_ms'], '.2f')} | {_fmt(row['p99_ms'], '.2f')} "
+            f"| {'-' if ratio is None else f'{ratio:.2f}×'} | {_fmt(row['peak_rss_mib'], '.1f')} "
+            f"| {_fmt(row['server_cpu_pct'], '.0f')} % | {row['wrk_cpu_pct']:.0f} % | {row['errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for dist in ("polycorn", "uvicorn", "granian", "uvloop", "httptools"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[dist] = importlib.metadata.version(dist)
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    first = (wrk.stdout + wrk.stderr).split("\n", 1)[0]
+    versions["wrk"] = first.removeprefix("wrk ").split(" Copyright")[0].strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "system": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "versions": versions,
+    }
+
+
+def _csv(choices: dict[str, Any]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        unknown = [s for s in items if s not in choices]
+        if unknown or not items:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)} (got {text!r})")
+        return items
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Benchmark Polycorn against uvicorn and granian with wrk.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per server and scenario")
+    parser.add_argument("--duration", type=float, default=8, help="seconds per wrk measurement")
+    parser.add_argument("--warmup", type=float, default=1, help="unrecorded wrk seconds before each measurement")
+    parser.add_argument("--cooldown", type=float, default=0.5, help="seconds of rest before each measurement")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (-c)")
+    parser.add_argument("--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS), help="comma-separated")
+    parser.add_argument("--servers", type=_csv(SERVERS), default=list(SERVERS), help="comma-separated")
+    parser.add_argument("--server-cpu", default="0", help="CPU list for the server (taskset -c)")
+    parser.add_argument("--wrk-cpu", default="1", help="CPU list for wrk (taskset -c)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument("--json", metavar="PATH", help="also write every run and the summary as JSON here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if shutil.which("wrk") is None:
+        print(
+            "wrk is not installed. Install it with `apt-get install wrk` (Debian/Ubuntu),\n"
+            "`dnf install wrk` (Fedora) or `brew install wrk` (macOS), or build it from\n"
+            "https://github.com/wg/wrk, then run this again.",
+            file=sys.stderr,
+        )
+        return 2
+    servers = []
+    for name in args.servers:
+        if importlib.util.find_spec(SERVERS[name][0]) is None:
+            print(f"skipping {name}: not installed (pip install {name})", file=sys.stderr)
+        else:
+            servers.append(name)
+    if not servers:
+        print("no server to benchmark", file=sys.stderr)
+        return 2
+    server_cpu: str | None = args.server_cpu
+    wrk_cpu: str | None = args.wrk_cpu
+    if args.no_pin:
+        server_cpu = wrk_cpu = None
+    elif shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        print("warning: taskset missing or fewer than 2 CPUs: running unpinned", file=sys.stderr)
+        server_cpu = wrk_cpu = None
+
+    info = machine()
+    print(
+        f"{info['cpus']} CPUs ({info['cpu_model']}), {info['system']}, {info['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        flush=True,
+    )
+    print(
+        f"{args.rounds} rounds x {len(servers)} servers x {len(args.scenarios)} scenarios, "
+        f"{args.duration:g}s each, wrk -t1 -c{args.connections}; server on CPU {server_cpu}, wrk on CPU {wrk_cpu}",
+        flush=True,
+    )
+    results: list[ServerRound] = []
+    for rnd in range(args.rounds):
+        shift = rnd % len(servers)
+        for name in servers[shift:] + servers[:shift]:  # rotate the order every round
+            results.append(measure(args, rnd, name, server_cpu, wrk_cpu))
+
+    rows = summarize(results, servers, args.scenarios)
+    print()
+    print(render_table(rows))
+    busy = [r for r in rows if r["wrk_cpu_pct"] >= 90]
+    if busy:
+        print(
+            "\nnote: wrk used >= 90 % of its CPU for "
+            + ", ".join(f"{r['server']}/{r['scenario']}" for r in busy)
+            + ": the load generator may be the bottleneck there, so those figures are a lower bound."
+        )
+    starved = [
+        f"round {r.round + 1} {r.server}/{r.scenario} ({_fmt(r.server_cpu_pct, '.0f')} %)"
+        for sr in results
+        for r in sr.runs
+        if r.server_cpu_pct is not None and r.server_cpu_pct < 90 and r.wrk_cpu_pct < 90
+    ]
+    if starved:
+        print(
+            "\nnote: the server got < 90 % of its CPU while wrk was not saturated either in "
+            + ", ".join(starved)
+            + ": another process probably took CPU time during those runs (compare the load average);"
+            " the medians above damp such outliers, a quiet machine avoids them."
+        )
+    if args.json:
+        payload = {
+            "command": " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
+            "machine": info,
+            "settings": {
+                "rounds": args.rounds,
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "connections": args.connections,
+                "server_cpu": server_cpu,
+                "wrk_cpu": wrk_cpu,
+            },
+            "summary": rows,
+            "runs": [asdict(sr) for sr in results],
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
