@@ -106,6 +106,7 @@ class Run:
     wrk_cpu_pct: float
     server_cpu_pct: float | None
     loadavg_before: float
+    idle_busy_pct: float | None
     loadavg_after: float
     wrk_exit: int
 
@@ -325,6 +326,39 @@ def run_wrk(url: str, connections: int, duration: float, cpu: str | None) -> tup
 # --------------------------------------------------------------------------------------------
 # The benchmark
 # --------------------------------------------------------------------------------------------
+def _cpu_busy_pct(interval: float = 0.5) -> float | None:
+    """How busy all CPUs were over ``interval`` (from /proc/stat), or None off Linux."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return 100.0 * (total - (idle1 - idle0)) / total if total > 0 else 0.0
+
+
+def wait_until_quiet(limit: float, threshold: float = 10.0) -> float | None:
+    """Wait up to ``limit`` seconds for the machine to be quiet before a measurement.
+
+    Between runs nothing of the benchmark's own is busy (the server is idle, wrk not running), so
+    CPU use above ``threshold`` % is someone else's and would distort the next measurement.
+    Returns the busy percentage last seen.
+    """
+    deadline = time.monotonic() + limit
+    while True:
+        busy = _cpu_busy_pct()
+        if busy is None or busy <= threshold or time.monotonic() >= deadline:
+            return busy
+        time.sleep(1)
+
+
 def _loadavg() -> float:
     try:
         return os.getloadavg()[0]
@@ -345,6 +379,7 @@ def measure(args: argparse.Namespace, rnd: int, name: str, server_cpu: str | Non
             if args.warmup > 0:
                 run_wrk(url, args.connections, args.warmup, wrk_cpu)
             time.sleep(args.cooldown)
+            idle_busy = wait_until_quiet(args.wait_quiet)
             load_before = _loadavg()
             cpu_before = probe.cpu_seconds()
             started = time.monotonic()
@@ -364,6 +399,7 @@ def measure(args: argparse.Namespace, rnd: int, name: str, server_cpu: str | Non
                 wrk_cpu_pct=wrk_cpu_pct,
                 server_cpu_pct=server_cpu_pct,
                 loadavg_before=load_before,
+                idle_busy_pct=idle_busy,
                 loadavg_after=_loadavg(),
                 wrk_exit=code,
                 **parsed,
@@ -374,7 +410,8 @@ def measure(args: argparse.Namespace, rnd: int, name: str, server_cpu: str | Non
                 f"  p50 {_fmt(run.p50_ms, '.2f')} ms  p99 {_fmt(run.p99_ms, '.2f')} ms"
                 f"  errors {run.socket_errors}/{run.non_2xx}"
                 f"  wrk cpu {run.wrk_cpu_pct:.0f}%  server cpu {_fmt(run.server_cpu_pct, '.0f')}%"
-                f"  load {run.loadavg_before:.2f}->{run.loadavg_after:.2f}",
+                f"  load {run.loadavg_before:.2f}->{run.loadavg_after:.2f}"
+                f"  busy before {_fmt(run.idle_busy_pct, '.0f')}%",
                 flush=True,
             )
         result.peak_rss_mib = probe.finish()
@@ -480,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=3, help="measurements per server and scenario")
     parser.add_argument("--duration", type=float, default=8, help="seconds per wrk measurement")
     parser.add_argument("--warmup", type=float, default=1, help="unrecorded wrk seconds before each measurement")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=30,
+        help="before each measurement, wait up to this many seconds for other processes' CPU use to drop below 10 %%",
+    )
     parser.add_argument("--cooldown", type=float, default=0.5, help="seconds of rest before each measurement")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (-c)")
     parser.add_argument("--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS), help="comma-separated")

@@ -101,6 +101,7 @@ def serve() -> Iterator[Callable[..., RunningServer]]:
 
 def connect(port: int, timeout: float = 5.0) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    _pushback.pop(sock.fileno(), None)  # a reused descriptor must not inherit stale bytes
     return sock
 
 
@@ -165,7 +166,7 @@ def _recv(sock: socket.socket) -> bytes:
 def recv_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
     """Everything the server sends until it closes the connection."""
     sock.settimeout(timeout)
-    data = b""
+    data = _pushback.pop(sock.fileno(), b"")
     with contextlib.suppress(ConnectionResetError):
         while chunk := sock.recv(65536):
             data += chunk

@@ -124,6 +124,13 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
     try:
         loop.run_until_complete(asyncio.wait_for(test(), 30))
     finally:
+        # A failed test leaves app tasks pending: end them here rather than in the garbage
+        # collector, which would run their finalizers in the middle of pytest's report.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
 
 

@@ -366,9 +366,11 @@ def test_expect_continue_sent_on_first_receive(serve: Any, stack: dict[str, str]
     sock = open_conn(srv.port)
     sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
     sock.settimeout(0.3)
-    with pytest.raises(TimeoutError):
-        sock.recv(1)  # the app has not asked for the body yet: no 100
-    go.set()
+    try:
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # the app has not asked for the body yet: no 100
+    finally:
+        go.set()
     sock.settimeout(5)
     interim = b""
     while b"\r\n\r\n" not in interim:
@@ -448,11 +450,13 @@ def test_upload_buffering_is_bounded(serve: Any, stack: dict[str, str]) -> None:
 
     uploader = threading.Thread(target=upload, daemon=True)
     uploader.start()
-    wait_for(lambda: stats["paused"])
-    time.sleep(0.2)  # more time for bytes to pile up if reading were not really paused
-    assert not sent.is_set(), "the whole upload was accepted while the app read nothing"
-    assert stats["max_buffered"] <= high_water + _READ_SIZE, stats
-    go.set()
+    try:
+        wait_for(lambda: stats["paused"])
+        time.sleep(0.2)  # more time for bytes to pile up if reading were not really paused
+        assert not sent.is_set(), "the whole upload was accepted while the app read nothing"
+        assert stats["max_buffered"] <= high_water + _READ_SIZE, stats
+    finally:
+        go.set()
     uploader.join(20)
     assert sent.is_set()
     status, _, body = read_response(sock)

@@ -104,10 +104,12 @@ def test_limit_concurrency_answers_503(serve: Any, stack: dict[str, str]) -> Non
     srv = serve(app, limit_concurrency=1, **stack)
     slow = open_conn(srv.port)
     slow.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert started.wait(5)
-    data = exchange(srv.port, b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert_error_response(data, 503)
-    release.set()
+    try:
+        assert started.wait(5)
+        data = exchange(srv.port, b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert_error_response(data, 503)
+    finally:
+        release.set()
     assert read_response(slow)[:3:2] == (200, b"/slow:")
     # The slot is free again: the next request on the same connection is served.
     slow.sendall(b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")
