@@ -6,18 +6,18 @@ This is the only layer that turns errors into exit codes and one-line messages.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import click
 
 from polycorn.config import Config, cli_flag, option_fields
 from polycorn.errors import PolycornError
+from polycorn.loops.server import Server, prepare_process
 from polycorn.version import __version__
 
-from polycorn.loops.server import Server, prepare_process
 
-
-def _click_type(field_type: str, meta: dict[str, Any]) -> Any:
+def _click_type(field_type: str, meta: Mapping[str, Any]) -> Any:
     if meta["kind"] == "choice":
         return click.Choice(meta["choices"], case_sensitive=False)
     if field_type.startswith("int"):
@@ -81,9 +81,17 @@ def _callback(app: str, **options: Any) -> None:
 command = click.Command(
     "polycorn",
     callback=_callback,
-    params=[*_params(), click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
-                                     callback=lambda ctx, _p, v: _print_version(ctx, v),
-                                     help="Show the version and exit.")],
+    params=[
+        *_params(),
+        click.Option(
+            ["--version"],
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=lambda ctx, _p, v: _print_version(ctx, v),
+            help="Show the version and exit.",
+        ),
+    ],
     help="Serve the ASGI application APP ('module:attribute').",
     context_settings={"max_content_width": 100},
 )

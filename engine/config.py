@@ -64,64 +64,127 @@ class Config:
     host: str = option("127.0.0.1", "Bind socket to this host.", group="socket")
     port: int = option(8000, "Bind socket to this port; 0 picks a free port.", minimum=0, group="socket")
     uds: str | None = option(None, "Bind to a UNIX domain socket at this path.", metavar="PATH", group="socket")
-    fd: int | None = option(None, "Serve on an already-open listening socket file descriptor.", metavar="INT", minimum=0, group="socket")
-    backlog: int = option(2048, "Maximum number of connections waiting in the kernel accept queue.", minimum=1, group="socket")
+    fd: int | None = option(
+        None, "Serve on an already-open listening socket file descriptor.", metavar="INT", minimum=0, group="socket"
+    )
+    backlog: int = option(
+        2048, "Maximum number of connections waiting in the kernel accept queue.", minimum=1, group="socket"
+    )
 
     # --- implementation --------------------------------------------------------------------
     loop: Literal["auto", "uvloop", "asyncio"] = option(
-        "auto", "Event loop: uvloop where installed, asyncio otherwise.", kind="choice",
-        choices=("auto", "uvloop", "asyncio"), group="implementation",
+        "auto",
+        "Event loop: uvloop where installed, asyncio otherwise.",
+        kind="choice",
+        choices=("auto", "uvloop", "asyncio"),
+        group="implementation",
     )
     http: Literal["auto", "httptools", "h11"] = option(
-        "auto", "HTTP/1.1 parser: httptools where installed, h11 otherwise.", kind="choice",
-        choices=("auto", "httptools", "h11"), group="implementation",
+        "auto",
+        "HTTP/1.1 parser: httptools where installed, h11 otherwise.",
+        kind="choice",
+        choices=("auto", "httptools", "h11"),
+        group="implementation",
     )
     lifespan: Literal["auto", "on", "off"] = option(
-        "auto", "Lifespan protocol: 'auto' runs it if the app supports it, 'on' requires it.",
-        kind="choice", choices=("auto", "on", "off"), group="implementation",
+        "auto",
+        "Lifespan protocol: 'auto' runs it if the app supports it, 'on' requires it.",
+        kind="choice",
+        choices=("auto", "on", "off"),
+        group="implementation",
     )
 
     # --- application -----------------------------------------------------------------------
-    factory: bool = option(False, "Treat APP as a zero-argument factory that returns the ASGI app.", kind="flag", group="application")
-    app_dir: str = option(".", "Directory put first on sys.path before importing APP.", metavar="DIR", group="application")
-    env_file: str | None = option(None, "Load environment variables from this .env file (needs python-dotenv).", metavar="PATH", group="application")
-    root_path: str = option("", "ASGI root_path for an app mounted below a path prefix (behind a proxy).", group="application")
+    factory: bool = option(
+        False, "Treat APP as a zero-argument factory that returns the ASGI app.", kind="flag", group="application"
+    )
+    app_dir: str = option(
+        ".", "Directory put first on sys.path before importing APP.", metavar="DIR", group="application"
+    )
+    env_file: str | None = option(
+        None,
+        "Load environment variables from this .env file (needs python-dotenv).",
+        metavar="PATH",
+        group="application",
+    )
+    root_path: str = option(
+        "", "ASGI root_path for an app mounted below a path prefix (behind a proxy).", group="application"
+    )
 
     # --- logging ---------------------------------------------------------------------------
-    log_config: str | None = option(None, "Logging configuration file: .json or .yaml (dictConfig) or .ini (fileConfig).", metavar="PATH", group="logging")
+    log_config: str | None = option(
+        None,
+        "Logging configuration file: .json or .yaml (dictConfig) or .ini (fileConfig).",
+        metavar="PATH",
+        group="logging",
+    )
     log_level: str = option("info", "Log level.", kind="choice", choices=LOG_LEVELS, group="logging")
-    access_log: bool = option(True, "Log one line per request to the polycorn.access logger.", kind="bool", group="logging")
+    access_log: bool = option(
+        True, "Log one line per request to the polycorn.access logger.", kind="bool", group="logging"
+    )
 
     # --- proxies ---------------------------------------------------------------------------
-    proxy_headers: bool = option(True, "Trust X-Forwarded-For/X-Forwarded-Proto from --forwarded-allow-ips peers.", kind="bool", group="proxy")
+    proxy_headers: bool = option(
+        True, "Trust X-Forwarded-For/X-Forwarded-Proto from --forwarded-allow-ips peers.", kind="bool", group="proxy"
+    )
     forwarded_allow_ips: str = option(
-        "127.0.0.1", "Comma-separated IPs or CIDRs (or '*') whose proxy headers are trusted.",
-        group="proxy", envvar="FORWARDED_ALLOW_IPS",
+        "127.0.0.1",
+        "Comma-separated IPs or CIDRs (or '*') whose proxy headers are trusted.",
+        group="proxy",
+        envvar="FORWARDED_ALLOW_IPS",
     )
 
     # --- limits ----------------------------------------------------------------------------
-    limit_concurrency: int | None = option(None, "Answer 503 once this many requests are in flight on a loop.", metavar="INT", minimum=1, group="limits")
-    limit_max_requests: int | None = option(None, "Shut down (to be restarted) after serving this many requests.", metavar="INT", minimum=1, group="limits")
-    limit_request_line: int = option(8190, "Maximum bytes in the request line (414 beyond).", minimum=64, group="limits")
-    limit_request_fields: int = option(100, "Maximum number of request header fields (431 beyond).", minimum=1, group="limits")
-    limit_request_head: int = option(65536, "Maximum bytes of the whole request head: line and headers (431 beyond).", minimum=256, group="limits")
-    h11_max_incomplete_event_size: int | None = option(
-        None, "h11 parser buffer bound in bytes; defaults to --limit-request-head.", metavar="INT", minimum=256, group="limits",
+    limit_concurrency: int | None = option(
+        None, "Answer 503 once this many requests are in flight on a loop.", metavar="INT", minimum=1, group="limits"
     )
-    read_high_water: int = option(65536, "Request body bytes buffered per request before reading pauses.", minimum=1024, group="limits")
-    write_high_water: int = option(65536, "Transport write-buffer bytes above which the app's send() waits.", minimum=1024, group="limits")
+    limit_max_requests: int | None = option(
+        None, "Shut down (to be restarted) after serving this many requests.", metavar="INT", minimum=1, group="limits"
+    )
+    limit_request_line: int = option(
+        8190, "Maximum bytes in the request line (414 beyond).", minimum=64, group="limits"
+    )
+    limit_request_fields: int = option(
+        100, "Maximum number of request header fields (431 beyond).", minimum=1, group="limits"
+    )
+    limit_request_head: int = option(
+        65536, "Maximum bytes of the whole request head: line and headers (431 beyond).", minimum=256, group="limits"
+    )
+    h11_max_incomplete_event_size: int | None = option(
+        None,
+        "h11 parser buffer bound in bytes; defaults to --limit-request-head.",
+        metavar="INT",
+        minimum=256,
+        group="limits",
+    )
+    read_high_water: int = option(
+        65536, "Request body bytes buffered per request before reading pauses.", minimum=1024, group="limits"
+    )
+    write_high_water: int = option(
+        65536, "Transport write-buffer bytes above which the app's send() waits.", minimum=1024, group="limits"
+    )
 
     # --- timeouts --------------------------------------------------------------------------
-    timeout_keep_alive: float = option(5.0, "Close idle keep-alive connections after this many seconds.", minimum=0, group="timeouts")
+    timeout_keep_alive: float = option(
+        5.0, "Close idle keep-alive connections after this many seconds.", minimum=0, group="timeouts"
+    )
     timeout_graceful_shutdown: float = option(
-        30.0, "Seconds to let in-flight requests finish on shutdown before cancelling them.", minimum=0, group="timeouts",
+        30.0,
+        "Seconds to let in-flight requests finish on shutdown before cancelling them.",
+        minimum=0,
+        group="timeouts",
     )
 
     # --- response headers ------------------------------------------------------------------
     server_header: bool = option(True, "Send a 'server: polycorn' header.", kind="bool", group="headers")
     date_header: bool = option(True, "Send a 'date' header.", kind="bool", group="headers")
     headers: tuple[tuple[str, str], ...] = option(
-        (), "Default response header 'Name:Value' (repeatable).", flag="--header", kind="multi", metavar="NAME:VALUE", group="headers",
+        (),
+        "Default response header 'Name:Value' (repeatable).",
+        flag="--header",
+        kind="multi",
+        metavar="NAME:VALUE",
+        group="headers",
     )
 
     def __post_init__(self) -> None:
@@ -146,7 +209,7 @@ class Config:
         if not (isinstance(self.app, str) or callable(self.app)):
             raise ConfigError("app must be an import string 'module:attribute' or an ASGI callable")
         object.__setattr__(self, "headers", tuple(_parse_header(h) for h in self.headers))
-        self.forwarded_networks  # validate eagerly
+        _ = self.forwarded_networks  # validate eagerly
         if self.root_path and not self.root_path.startswith("/"):
             raise ConfigError(f"--root-path: must start with '/', got {self.root_path!r}")
 
@@ -200,4 +263,3 @@ def cli_flag(f: dataclasses.Field[Any]) -> str:
 def option_fields() -> list[dataclasses.Field[Any]]:
     """The option fields in declaration order (``app`` excluded)."""
     return [f for f in dataclasses.fields(Config) if f.metadata.get("kind") != "app"]
-

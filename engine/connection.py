@@ -157,9 +157,7 @@ class HttpConnection(asyncio.Protocol):
                 self.drain_waiter = None
 
     # -- parser sink ----------------------------------------------------------------------------
-    def on_head(
-        self, method: bytes, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]]
-    ) -> None:
+    def on_head(self, method: bytes, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]]) -> None:
         service = self.service
         if http_version != "1.1" and http_version != "1.0":
             raise ProtocolError(505, f"HTTP version {http_version} not supported")
@@ -193,11 +191,10 @@ class HttpConnection(asyncio.Protocol):
                     host = value.rpartition(b",")[2].strip().decode("latin-1")
                     if host:
                         client = (host, 0)
-            elif kind == _XFP:
-                if self.trusted and service.proxy_headers:
-                    proto = _FORWARDED_SCHEMES(value.rpartition(b",")[2].strip().lower())
-                    if proto is not None:
-                        scheme = proto
+            elif kind == _XFP and self.trusted and service.proxy_headers:
+                proto = _FORWARDED_SCHEMES(value.rpartition(b",")[2].strip().lower())
+                if proto is not None:
+                    scheme = proto
         if not service.keep_alive:
             keep_alive = False  # --timeout-keep-alive 0: one request per connection
         if hosts != 1 and (hosts or http_version == "1.1"):
@@ -222,7 +219,7 @@ class HttpConnection(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)
         root_path = service.root_path
-        scope = {
+        scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": http_version,

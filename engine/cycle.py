@@ -285,7 +285,11 @@ class RequestCycle:
             connection = b"connection: keep-alive\r\n"
         else:
             connection = b""
-        defaults = service.default_head if not self.replaced else service.head_defaults(bool(self.replaced & (1 << _SERVER)), bool(self.replaced & (1 << _DATE)))
+        defaults = (
+            service.default_head
+            if not self.replaced
+            else service.head_defaults(bool(self.replaced & (1 << _SERVER)), bool(self.replaced & (1 << _DATE)))
+        )
         self.state = BODY
         return b"".join((status_line(status), defaults, self.head_block, framing, connection, b"\r\n"))
 
@@ -308,9 +312,7 @@ class RequestCycle:
             if not more_body and remaining:
                 if head:
                     self.state = HEAD
-                raise RuntimeError(
-                    f"response body shorter than its content-length header ({remaining} bytes missing)"
-                )
+                raise RuntimeError(f"response body shorter than its content-length header ({remaining} bytes missing)")
         self.bytes_sent += len(body)
         if self.chunked:
             if body:

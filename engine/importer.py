@@ -20,8 +20,10 @@ def import_from_string(spec: str) -> Any:
     except ModuleNotFoundError as exc:
         # Only a missing *target* module is "not found"; a missing dependency inside it is the
         # module's own import error and is reported as such.
-        if exc.name and module_name.startswith(exc.name) and (
-            exc.name == module_name or module_name.startswith(exc.name + ".")
+        if (
+            exc.name
+            and module_name.startswith(exc.name)
+            and (exc.name == module_name or module_name.startswith(exc.name + "."))
         ):
             raise AppLoadError(f"could not import module {module_name!r}: no such module") from None
         raise AppLoadError(f"error while importing {module_name!r}: {type(exc).__name__}: {exc}") from exc

@@ -29,9 +29,7 @@ class ParserLimits:
 
 
 class Sink(Protocol):
-    def on_head(
-        self, method: bytes, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]]
-    ) -> None: ...
+    def on_head(self, method: bytes, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]]) -> None: ...
 
     def on_body(self, chunk: bytes) -> None: ...
 

@@ -16,10 +16,9 @@ from polycorn.errors import ConfigError
 from polycorn.importer import load_app
 from polycorn.lifespan import Lifespan
 from polycorn.logs import configure_logging
+from polycorn.loops import eventloop, sockets
 from polycorn.service import HttpService
 from polycorn.version import __version__
-
-from polycorn.loops import eventloop, sockets
 
 logger = logging.getLogger("polycorn.error")
 

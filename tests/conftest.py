@@ -184,7 +184,9 @@ def is_closed(sock: socket.socket, timeout: float = 2.0) -> bool:
         return False
 
 
-def run_cli(*args: str, timeout: float = 20.0, env: dict[str, str] | None = None, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 20.0, env: dict[str, str] | None = None, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m polycorn ARGS`` to completion."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(

@@ -376,7 +376,7 @@ def test_keep_alive_timer_is_one_lazily_rearmed_handle(parser: str) -> None:
         requests = 60
         for i in range(requests):
             h.feed(GET % b"/%d" % i)
-            await until(lambda: len(responses(h.transport.written)) == i + 1, f"response {i}")
+            await until(lambda n=i + 1: len(responses(h.transport.written)) == n, f"response {i}")
         assert len(responses(h.transport.written)) == requests
         # Each request only moved the deadline: no new timer handle per request.
         assert len(armed) - before <= 1, f"{len(armed) - before} timers armed for {requests} requests"
