@@ -86,6 +86,20 @@ def test_endless_head_is_431_without_waiting(serve: Any, stack: dict[str, str]) 
     sock.close()
 
 
+def test_h11_max_incomplete_event_size_bounds_the_h11_buffer(serve: Any) -> None:
+    """The h11-only bound applies to a head still incomplete, below --limit-request-head."""
+    srv = serve(responder(), http="h11", h11_max_incomplete_event_size=1024, limit_request_head=65536)
+    sock = open_conn(srv.port)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 3000)  # 3 KiB and no end yet
+    assert_error_response(read_rest(sock), 431)
+    sock.close()
+    # The same head arriving whole is one complete event for h11: the head limit alone applies.
+    sock = open_conn(srv.port)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 3000 + b"\r\n\r\n")
+    assert read_response(sock)[0] == 200
+    sock.close()
+
+
 # -- concurrency and request-count limits -------------------------------------------------------------------
 
 
