@@ -71,6 +71,62 @@ class Config:
         2048, "Maximum number of connections waiting in the kernel accept queue.", minimum=1, group="socket"
     )
 
+    # --- workers ---------------------------------------------------------------------------
+    workers: int | str = option(
+        1,
+        "Number of event loops (workers), or 'auto' for one per CPU this process may run on.",
+        metavar="N|auto",
+        group="workers",
+        envvar="WEB_CONCURRENCY",
+    )
+    worker_mode: Literal["auto", "process", "thread"] = option(
+        "auto",
+        "Run workers as processes or threads; 'auto' picks threads only when the GIL is off.",
+        kind="choice",
+        choices=("auto", "process", "thread"),
+        group="workers",
+    )
+    reuse_port: bool = option(
+        True,
+        "One SO_REUSEPORT listening socket per worker (Linux); otherwise one shared socket.",
+        kind="bool",
+        group="workers",
+    )
+    pin_cpus: bool = option(False, "Pin worker i to CPU i (Linux sched_setaffinity).", kind="flag", group="workers")
+    timeout_worker_healthcheck: float = option(
+        10.0,
+        "Replace a worker whose event loop has been blocked this many seconds (0 disables).",
+        minimum=0,
+        group="workers",
+    )
+    reload: bool = option(
+        False, "Restart the workers when code changes (needs watchfiles).", kind="flag", group="workers"
+    )
+    reload_dirs: tuple[str, ...] = option(
+        (),
+        "Directory to watch with --reload (repeatable; default: --app-dir).",
+        flag="--reload-dir",
+        kind="multi",
+        metavar="DIR",
+        group="workers",
+    )
+    reload_includes: tuple[str, ...] = option(
+        (),
+        "Glob of files whose change triggers a reload (repeatable; default: *.py).",
+        flag="--reload-include",
+        kind="multi",
+        metavar="GLOB",
+        group="workers",
+    )
+    reload_excludes: tuple[str, ...] = option(
+        (),
+        "Glob of files to ignore with --reload (repeatable; default: .* and *~ files).",
+        flag="--reload-exclude",
+        kind="multi",
+        metavar="GLOB",
+        group="workers",
+    )
+
     # --- implementation --------------------------------------------------------------------
     loop: Literal["auto", "uvloop", "asyncio"] = option(
         "auto",
@@ -136,10 +192,23 @@ class Config:
 
     # --- limits ----------------------------------------------------------------------------
     limit_concurrency: int | None = option(
-        None, "Answer 503 once this many requests are in flight on a loop.", metavar="INT", minimum=1, group="limits"
+        None, "Maximum requests in flight on the whole server (all workers).", metavar="INT", minimum=1, group="limits"
+    )
+    limit_concurrency_mode: Literal["queue", "reject"] = option(
+        "queue",
+        "At --limit-concurrency: 'queue' stops accepting and reading until a slot frees, 'reject' answers 503.",
+        kind="choice",
+        choices=("queue", "reject"),
+        group="limits",
     )
     limit_max_requests: int | None = option(
-        None, "Shut down (to be restarted) after serving this many requests.", metavar="INT", minimum=1, group="limits"
+        None, "Recycle a worker after it has served this many requests.", metavar="INT", minimum=1, group="limits"
+    )
+    limit_max_requests_jitter: int = option(
+        0,
+        "Add a random 0..N to each worker's --limit-max-requests so workers do not recycle together.",
+        minimum=0,
+        group="limits",
     )
     limit_request_line: int = option(
         8190, "Maximum bytes in the request line (414 beyond).", minimum=64, group="limits"
@@ -202,6 +271,19 @@ class Config:
                     raise ConfigError(f"{flag}: expected a number, got {value!r}")
                 if value < minimum:
                     raise ConfigError(f"{flag}: must be at least {minimum}, got {value}")
+        workers = self.workers
+        if isinstance(workers, str) and workers != "auto":
+            if not workers.isdigit():
+                raise ConfigError(f"--workers: expected a number or 'auto', got {workers!r}")
+            workers = int(workers)
+        if isinstance(workers, bool) or (isinstance(workers, int) and workers < 1):
+            raise ConfigError(f"--workers: must be at least 1, got {workers!r}")
+        object.__setattr__(self, "workers", workers)
+        if self.reload_dirs or self.reload_includes or self.reload_excludes:
+            if not self.reload:
+                raise ConfigError("--reload-dir/--reload-include/--reload-exclude need --reload")
+        for name in ("reload_dirs", "reload_includes", "reload_excludes"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.port > 65535:
             raise ConfigError(f"--port: must be at most 65535, got {self.port}")
         if self.uds is not None and self.fd is not None:

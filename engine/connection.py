@@ -269,13 +269,22 @@ class HttpConnection(asyncio.Protocol):
         self.active = cycle
         service = self.service
         if not service.admit():
-            cycle.status = 503
-            cycle.state = DONE
-            self.transport.write(error_response(503, service.date_line))
-            self.on_response_complete(cycle, False)
+            if service.reject:
+                cycle.status = 503
+                cycle.state = DONE
+                self.transport.write(error_response(503, service.date_line))
+                self.on_response_complete(cycle, False)
+                return
+            # Queue mode: the request waits for a slot; nothing more is read meanwhile.
+            self.pause_reading()
+            service.enqueue(self, cycle)
             return
-        cycle.task = task = self.loop.create_task(cycle.run(service.app))
-        service.tasks.add(task)
+        self.start(cycle)
+
+    def start(self, cycle: RequestCycle) -> None:
+        """Run the app for an admitted request (counted in flight by the service)."""
+        cycle.task = task = self.loop.create_task(cycle.run(self.service.app))
+        self.service.tasks.add(task)
 
     def on_response_complete(self, cycle: RequestCycle, keep_alive: bool) -> None:
         service = self.service

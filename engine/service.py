@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ class HttpService:
         loop: asyncio.AbstractEventLoop,
         state: dict[str, Any] | None = None,
         on_max_requests: Callable[[], None] | None = None,
+        max_requests: int | None = None,
     ) -> None:
         self.config = config
         self.app = app
@@ -59,7 +61,16 @@ class HttpService:
         self.inflight = 0
         self.served = 0
         self._limit = config.limit_concurrency or 0
-        self._max_requests = config.limit_max_requests or 0
+        # Requests in flight on the other loops of this server, refreshed by the cross-loop
+        # coordination on its own cadence (polycorn.loops.coordination); 0 when there are none.
+        self.others_inflight = 0
+        self.reject = config.limit_concurrency_mode == "reject"
+        self.waiting: deque[tuple[HttpConnection, RequestCycle]] = deque()
+        self.saturated = False
+        #: Called with True when the server reaches --limit-concurrency in queue mode (stop
+        #: accepting) and with False once it is back under the low-water mark.
+        self.on_saturation: Callable[[bool], None] | None = None
+        self._max_requests = (max_requests if max_requests is not None else config.limit_max_requests) or 0
         self._on_max_requests = on_max_requests
         self.accepting = True
         self._drained: asyncio.Future[None] | None = None
@@ -86,16 +97,43 @@ class HttpService:
 
     # -- admission and accounting ----------------------------------------------------------------
     def admit(self) -> bool:
-        """Count a request in; False when --limit-concurrency is reached (the caller sends 503)."""
-        if self._limit and self.inflight >= self._limit:
+        """Count a request in; False at --limit-concurrency (the caller queues it or sends 503)."""
+        limit = self._limit
+        if limit and (self.waiting or self.inflight + self.others_inflight >= limit):
+            if not self.reject and not self.saturated:
+                self._saturate(True)
             return False
         self.inflight += 1
         return True
+
+    def enqueue(self, conn: HttpConnection, cycle: RequestCycle) -> None:
+        self.waiting.append((conn, cycle))
+
+    def release(self) -> None:
+        """Start queued requests while there is room; resume accepting below the low-water mark."""
+        limit = self._limit
+        waiting = self.waiting
+        while waiting and self.inflight + self.others_inflight < limit:
+            conn, cycle = waiting.popleft()
+            if conn.closed or cycle.disconnected:
+                continue
+            self.inflight += 1
+            conn.start(cycle)
+        # Low water at 90 %: accepting does not flap on and off at the limit itself.
+        if self.saturated and not waiting and self.inflight + self.others_inflight < limit - limit // 10:
+            self._saturate(False)
+
+    def _saturate(self, on: bool) -> None:
+        self.saturated = on
+        if self.on_saturation is not None:
+            self.on_saturation(on)
 
     def request_done(self, task: asyncio.Task[None] | None) -> None:
         self.inflight -= 1
         if task is not None:
             self.tasks.discard(task)
+        if self.waiting or self.saturated:
+            self.release()
         if not self.accepting:
             self._check_drained()
 

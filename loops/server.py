@@ -8,7 +8,10 @@ import os
 import platform
 import signal
 import socket
+import random
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from polycorn.config import Config
@@ -17,6 +20,7 @@ from polycorn.importer import load_app
 from polycorn.lifespan import Lifespan
 from polycorn.logs import configure_logging
 from polycorn.loops import eventloop, sockets
+from polycorn.loops.coordination import LoopCoordinator
 from polycorn.service import HttpService
 from polycorn.version import __version__
 
@@ -38,6 +42,17 @@ def prepare_process(config: Config) -> None:
     configure_logging(config.log_config, config.log_level, config.access_log)
 
 
+@dataclass
+class WorkerHooks:
+    """How a supervised worker talks to its supervisor; a lone server has none."""
+
+    worker_id: int
+    on_ready: Callable[[], None]
+    #: --limit-max-requests reached: ask for a replacement instead of just exiting.
+    on_recycle: Callable[[], None]
+    coordinator: LoopCoordinator | None = None
+
+
 class Server:
     """Serve ``config.app`` on the running loop; ``serve()`` embeds in an existing loop."""
 
@@ -55,7 +70,7 @@ class Server:
         """Blocking entry point: choose the loop, serve until SIGINT/SIGTERM."""
         eventloop.run(self.serve(sockets), eventloop.loop_factory(self.config.loop))
 
-    async def serve(self, listen: list[socket.socket] | None = None) -> None:
+    async def serve(self, listen: list[socket.socket] | None = None, hooks: WorkerHooks | None = None) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
         self._exit = asyncio.Event()
@@ -70,12 +85,28 @@ class Server:
         except BaseException:
             self._close_sockets(listen is None)
             raise
-        service = self.service = HttpService(config, app, loop, lifespan.state, on_max_requests=self.request_exit)
-        servers = []
-        for sock in self.bound:
-            servers.append(await loop.create_server(service.protocol_factory, sock=sock, backlog=config.backlog))
+        max_requests = config.limit_max_requests
+        if max_requests and config.limit_max_requests_jitter:
+            max_requests += random.randint(0, config.limit_max_requests_jitter)
+        service = self.service = HttpService(
+            config,
+            app,
+            loop,
+            lifespan.state,
+            on_max_requests=hooks.on_recycle if hooks is not None else self.request_exit,
+            max_requests=max_requests,
+        )
+        self._listeners: list[Any] = []
+        await self._accept(True)
+        if not service.reject and config.limit_concurrency:
+            service.on_saturation = lambda full: self._set_accepting(not full)
+        coordinator = hooks.coordinator if hooks is not None else None
+        if coordinator is not None:
+            coordinator.attach(service, loop)
         installed = self._install_signals(loop)
         self.started = True
+        if hooks is not None:
+            hooks.on_ready()
         logger.info(
             "Polycorn %s on %s %s (%s, %s parser), pid %d",
             __version__,
@@ -91,8 +122,10 @@ class Server:
             await self._exit.wait()
         finally:
             logger.info("shutting down")
-            for srv in servers:
+            self._accepting_wanted = False
+            for srv in self._listeners:
                 srv.close()
+            self._listeners = []
             shutdown = loop.create_task(service.shutdown(config.timeout_graceful_shutdown))
             force = loop.create_task(self._force.wait())
             await asyncio.wait((shutdown, force), return_when=asyncio.FIRST_COMPLETED)
@@ -104,12 +137,44 @@ class Server:
             else:
                 self.graceful = shutdown.result()
             force.cancel()
+            if coordinator is not None:
+                coordinator.detach()
             if not self._force.is_set():
                 await lifespan.shutdown()
             self._remove_signals(loop, installed)
             self._close_sockets(listen is None)
             self.started = False
             logger.info("finished server process %d", os.getpid())
+
+    async def _accept(self, on: bool) -> None:
+        """Start or stop accepting on every listening socket.
+
+        Each asyncio server gets a duplicate of the socket, so stopping closes only the duplicate:
+        the listening socket, and the connections queued in its backlog, stay.
+        """
+        assert self.service is not None
+        self._accepting_wanted = on
+        if on and not self._listeners:
+            loop = asyncio.get_running_loop()
+            for sock in self.bound:
+                srv = await loop.create_server(
+                    self.service.protocol_factory, sock=sock.dup(), backlog=self.config.backlog
+                )
+                if not self._accepting_wanted:  # stopped (shutdown, saturation) while starting
+                    srv.close()
+                    break
+                self._listeners.append(srv)
+        elif not on:
+            for srv in self._listeners:
+                srv.close()
+            self._listeners = []
+
+    def _set_accepting(self, on: bool) -> None:
+        """Backpressure (--limit-concurrency-mode queue): the kernel backlog holds new clients."""
+        if self.started and self._accepting_wanted != on and self.service is not None and self.service.accepting:
+            logger.debug("at --limit-concurrency: %s accepting", "resuming" if on else "pausing")
+            task = asyncio.get_running_loop().create_task(self._accept(on))
+            self._background = task  # keep a reference until it is done
 
     def request_exit(self) -> None:
         """Begin a graceful shutdown (thread-unsafe: call on the server's loop)."""

@@ -115,7 +115,7 @@ def test_limit_concurrency_answers_503(serve: Any, stack: dict[str, str]) -> Non
             await wait_thread_event(release)
         await path_echo(scope, receive, send)
 
-    srv = serve(app, limit_concurrency=1, **stack)
+    srv = serve(app, limit_concurrency=1, limit_concurrency_mode="reject", **stack)
     slow = open_conn(srv.port)
     slow.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
     try:
@@ -128,6 +128,45 @@ def test_limit_concurrency_answers_503(serve: Any, stack: dict[str, str]) -> Non
     # The slot is free again: the next request on the same connection is served.
     slow.sendall(b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")
     assert read_response(slow)[:3:2] == (200, b"/third:")
+    slow.close()
+
+
+def test_limit_concurrency_queue_mode_holds_requests(serve: Any, stack: dict[str, str]) -> None:
+    """Queue mode (the default): excess requests wait for a slot instead of failing."""
+    started = threading.Event()
+    release = threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            started.set()
+            await wait_thread_event(release)
+        await path_echo(scope, receive, send)
+
+    srv = serve(app, limit_concurrency=1, **stack)
+    slow = open_conn(srv.port)
+    slow.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        assert started.wait(5)
+        waiting = [open_conn(srv.port) for _ in range(3)]
+        for i, sock in enumerate(waiting):
+            sock.sendall(b"GET /queued%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+        # A pipelined second request on the busy connection waits too.
+        slow.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        for sock in waiting:
+            sock.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                sock.recv(1)  # held, not answered and not refused
+    finally:
+        release.set()
+    assert read_response(slow)[:3:2] == (200, b"/slow:")
+    assert read_response(slow)[:3:2] == (200, b"/after:")
+    for i, sock in enumerate(waiting):
+        sock.settimeout(5)
+        status, _, body = read_response(sock)
+        assert (status, body) == (200, b"/queued%d:" % i)
+        sock.close()
     slow.close()
 
 
