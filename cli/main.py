@@ -14,6 +14,7 @@ import click
 from polycorn.config import Config, cli_flag, option_fields
 from polycorn.errors import PolycornError
 from polycorn.loops.server import Server, prepare_process
+from polycorn.loops.supervisor import Supervisor, supervised
 from polycorn.version import __version__
 
 
@@ -63,7 +64,10 @@ def serve_config(config: Config) -> None:
     """Run the server for a validated config; errors become one line and an exit code."""
     try:
         prepare_process(config)
-        Server(config).run()
+        if supervised(config):
+            Supervisor(config).run()
+        else:
+            Server(config).run()
     except PolycornError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:

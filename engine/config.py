@@ -279,9 +279,8 @@ class Config:
         if isinstance(workers, bool) or (isinstance(workers, int) and workers < 1):
             raise ConfigError(f"--workers: must be at least 1, got {workers!r}")
         object.__setattr__(self, "workers", workers)
-        if self.reload_dirs or self.reload_includes or self.reload_excludes:
-            if not self.reload:
-                raise ConfigError("--reload-dir/--reload-include/--reload-exclude need --reload")
+        if (self.reload_dirs or self.reload_includes or self.reload_excludes) and not self.reload:
+            raise ConfigError("--reload-dir/--reload-include/--reload-exclude need --reload")
         for name in ("reload_dirs", "reload_includes", "reload_excludes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.port > 65535:

@@ -6,9 +6,9 @@ import asyncio
 import logging
 import os
 import platform
+import random
 import signal
 import socket
-import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,9 +66,9 @@ class Server:
         self._force: asyncio.Event | None = None
         self._exit_requested = False
 
-    def run(self, sockets: list[socket.socket] | None = None) -> None:
+    def run(self, sockets: list[socket.socket] | None = None, hooks: WorkerHooks | None = None) -> None:
         """Blocking entry point: choose the loop, serve until SIGINT/SIGTERM."""
-        eventloop.run(self.serve(sockets), eventloop.loop_factory(self.config.loop))
+        eventloop.run(self.serve(sockets, hooks), eventloop.loop_factory(self.config.loop))
 
     async def serve(self, listen: list[socket.socket] | None = None, hooks: WorkerHooks | None = None) -> None:
         config = self.config
@@ -107,17 +107,16 @@ class Server:
         self.started = True
         if hooks is not None:
             hooks.on_ready()
-        logger.info(
-            "Polycorn %s on %s %s (%s, %s parser), pid %d",
-            __version__,
-            platform.python_implementation(),
-            platform.python_version(),
-            eventloop.loop_name(loop),
-            service.parser_class.__name__.replace("Adapter", "").lower(),
-            os.getpid(),
-        )
-        for sock in self.bound:
-            logger.info("listening on %s (press CTRL+C to quit)", sockets.describe(sock))
+        if hooks is not None:
+            logger.info(
+                "worker %d ready: pid %d, %s, %s parser",
+                hooks.worker_id,
+                os.getpid(),
+                eventloop.loop_name(loop),
+                service.parser_class.__name__.replace("Adapter", "").lower(),
+            )
+        else:
+            self._log_started(loop, service)
         try:
             await self._exit.wait()
         finally:
@@ -145,6 +144,19 @@ class Server:
             self._close_sockets(listen is None)
             self.started = False
             logger.info("finished server process %d", os.getpid())
+
+    def _log_started(self, loop: asyncio.AbstractEventLoop, service: HttpService) -> None:
+        logger.info(
+            "Polycorn %s on %s %s (%s, %s parser), pid %d",
+            __version__,
+            platform.python_implementation(),
+            platform.python_version(),
+            eventloop.loop_name(loop),
+            service.parser_class.__name__.replace("Adapter", "").lower(),
+            os.getpid(),
+        )
+        for sock in self.bound:
+            logger.info("listening on %s (press CTRL+C to quit)", sockets.describe(sock))
 
     async def _accept(self, on: bool) -> None:
         """Start or stop accepting on every listening socket.

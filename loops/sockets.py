@@ -25,7 +25,7 @@ def bind(config: Config) -> socket.socket:
     return _bind_tcp(config.host, config.port, config.backlog)
 
 
-def _bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
+def _bind_tcp(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -34,6 +34,8 @@ def _bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -70,3 +72,8 @@ def describe(sock: socket.socket) -> str:
         return f"unix:{sock.getsockname()}"
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def bind_reuseport(host: str, port: int, backlog: int) -> socket.socket:
+    """One of several listening sockets on the same address: the kernel spreads connections."""
+    return _bind_tcp(host, port, backlog, reuse_port=True)
