@@ -293,6 +293,9 @@ class Supervisor:
             self.rolling = False
 
     def add_worker(self) -> None:
+        if len(self.free_slots) < 2:  # keep room for a replacement during restarts
+            logger.warning("SIGTTIN: no room for another worker (%d slots)", self.stats.capacity)
+            return
         seat = self._new_seat()
         self.count += 1
         worker = self._spawn(seat)
