@@ -102,7 +102,8 @@ class HttpConnection(asyncio.Protocol):
         self.trusted = service.trusts(self.client)
         transport.set_write_buffer_limits(high=service.write_high_water)  # type: ignore[attr-defined]
         if not service.accepting:
-            transport.close()
+            # Accepted just before shutdown began: its request, already on the way, is answered.
+            self.close_if_idle(service.shutdown_linger)
             return
         if service.keep_alive:
             self._idle()  # a connection that never sends a request is idle too
@@ -354,11 +355,23 @@ class HttpConnection(asyncio.Protocol):
         else:
             self.timer = self.loop.call_at(self.deadline, self._on_timer)
 
-    def close_if_idle(self) -> bool:
-        """Shutdown: close now if nothing is in flight; otherwise after the current response."""
+    def close_if_idle(self, linger: float = 0.0) -> bool:
+        """Shutdown: close an idle connection, a busy one after its response (``connection: close``).
+
+        With ``linger``, an idle connection is closed only that many seconds later: a request that
+        was already on its way (on a fresh connection, or the next one of a keep-alive client) is
+        answered, with ``connection: close``, instead of being lost to a close racing it.
+        """
         if self.active is None and not self.pipeline:
-            self.close()
-            return True
+            if linger <= 0 or self.closed:
+                self.close()
+                return True
+            deadline = self.loop.time() + linger
+            if self.timer is None or deadline < self.deadline:
+                self.deadline = deadline
+                if self.timer is not None:
+                    self.timer.cancel()
+                self.timer = self.loop.call_at(deadline, self._on_timer)
         return False
 
     def close(self) -> None:

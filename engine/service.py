@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("polycorn.error")
 
+#: Seconds an idle connection stays open once shutdown began, so that a request racing the close
+#: (the next one of a keep-alive client, the first one of a just-accepted connection) is answered.
+SHUTDOWN_LINGER = 0.5
+
 
 class HttpService:
     def __init__(
@@ -73,6 +77,7 @@ class HttpService:
         self._max_requests = (max_requests if max_requests is not None else config.limit_max_requests) or 0
         self._on_max_requests = on_max_requests
         self.accepting = True
+        self.shutdown_linger = SHUTDOWN_LINGER
         self._drained: asyncio.Future[None] | None = None
         self._server_line = b"server: polycorn\r\n" if config.server_header else b""
         self._custom = b"".join(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")) for n, v in config.headers)
@@ -181,8 +186,9 @@ class HttpService:
     async def shutdown(self, timeout: float) -> bool:
         """Stop taking requests, let in-flight ones finish; True if all did within ``timeout``."""
         self.accepting = False
+        linger = self.shutdown_linger = min(self.shutdown_linger, timeout / 2)  # well within the grace
         for conn in list(self.connections):
-            conn.close_if_idle()
+            conn.close_if_idle(linger)
         graceful = True
         if self.connections or self.tasks:
             self._drained = self.loop.create_future()
@@ -213,6 +219,7 @@ class HttpService:
             self._drained.set_result(None)
 
     def close(self) -> None:
+        self.shutdown_linger = 0.0  # drained: a connection accepted after this is closed at once
         if self._date_timer is not None:
             self._date_timer.cancel()
             self._date_timer = None

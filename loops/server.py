@@ -51,6 +51,8 @@ class WorkerHooks:
     #: --limit-max-requests reached: ask for a replacement instead of just exiting.
     on_recycle: Callable[[], None]
     coordinator: LoopCoordinator | None = None
+    #: Shutdown began and the listeners are closed: this loop accepts no more connections.
+    on_draining: Callable[[], None] | None = None
 
 
 class Server:
@@ -125,6 +127,8 @@ class Server:
             for srv in self._listeners:
                 srv.close()
             self._listeners = []
+            if hooks is not None and hooks.on_draining is not None:
+                hooks.on_draining()
             shutdown = loop.create_task(service.shutdown(config.timeout_graceful_shutdown))
             force = loop.create_task(self._force.wait())
             await asyncio.wait((shutdown, force), return_when=asyncio.FIRST_COMPLETED)

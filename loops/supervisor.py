@@ -207,6 +207,18 @@ class Supervisor:
             logger.info("%s reached --limit-max-requests: recycling it", worker.ident)
             asyncio.get_running_loop().create_task(self._replace(worker))
 
+    def worker_draining(self, worker: Worker) -> None:
+        """It stopped accepting. A removed seat's own socket stops listening now: the kernel would
+        otherwise keep queueing connections on it until the worker exits, then reset them all."""
+        seat = worker.seat
+        if seat not in self.retiring or self.seats[seat] is self.shared:
+            return
+        if not any(w.seat == seat and w is not worker for w in self.workers):
+            for sock in self.seats[seat]:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            logger.info("%s stopped accepting: its listening socket is closed", worker.ident)
+
     def worker_exited(self, worker: Worker) -> None:
         self.free_slots.append(worker.slot)
         if worker in self.workers:

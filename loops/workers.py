@@ -35,6 +35,7 @@ class Events(Protocol):
     def worker_ready(self, worker: Worker) -> None: ...
     def worker_failed(self, worker: Worker, code: int, message: str) -> None: ...
     def worker_recycle(self, worker: Worker) -> None: ...
+    def worker_draining(self, worker: Worker) -> None: ...
     def worker_exited(self, worker: Worker) -> None: ...
 
 
@@ -126,6 +127,16 @@ class Worker:
             self._failed(int(message[1]), str(message[2]))
         elif kind == "recycle":
             self.events.worker_recycle(self)
+        elif kind == "draining":
+            self.events.worker_draining(self)
+
+
+def _post_quietly(post: Callable[[tuple[Any, ...]], None], message: tuple[Any, ...]) -> None:
+    """For messages sent during shutdown, when the supervisor may already be gone."""
+    try:
+        post(message)
+    except (OSError, RuntimeError):
+        pass
 
 
 def _hooks(
@@ -136,6 +147,7 @@ def _hooks(
         worker_id=worker_id,
         on_ready=lambda: post(("ready",)),
         on_recycle=lambda: post(("recycle",)),
+        on_draining=lambda: _post_quietly(post, ("draining",)),
         coordinator=LoopCoordinator(stats, slot, worker_id, interval),
     )
 
@@ -143,10 +155,29 @@ def _hooks(
 # -- processes ------------------------------------------------------------------------------------
 
 
+def _exit_with_supervisor() -> None:
+    """Linux: SIGTERM this worker when the supervisor dies, however it dies (``kill -9`` too).
+
+    Without it an orphaned worker would go on serving, holding the port, with nobody to stop it.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _process_main(
     config: Config, listen: list[socket.socket], worker_id: int, slot: int, stats: SharedStats, conn: Any
 ) -> None:
     """Entry point of a spawned worker process."""
+    _exit_with_supervisor()
     for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)  # the supervisor's signals, not the worker's
     try:
