@@ -9,6 +9,7 @@ import platform
 import random
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,14 @@ _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def prepare_process(config: Config) -> None:
-    """Process-wide set-up that must precede importing the app: the .env file and logging."""
+    """Process-wide set-up that must precede importing the app: .env file, logging, sys.path.
+
+    --app-dir goes on sys.path here, once, before any worker thread imports: changing sys.path
+    while another thread imports is racy (and trips coverage.py's import tracking).
+    """
+    app_dir = os.path.abspath(config.app_dir)
+    if isinstance(config.app, str) and app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
     if config.env_file is not None:
         try:
             from dotenv import load_dotenv
