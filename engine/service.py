@@ -65,9 +65,10 @@ class HttpService:
         self.inflight = 0
         self.served = 0
         self._limit = config.limit_concurrency or 0
-        # Requests in flight on the other loops of this server, refreshed by the cross-loop
-        # coordination on its own cadence (polycorn.loops.coordination); 0 when there are none.
-        self.others_inflight = 0
+        #: The other loops of this server, when there are any (set by polycorn.loops.coordination):
+        #: ``publish(n)`` shares this loop's in-flight count, ``others()`` sums theirs. Both touch
+        #: only shared memory, so admission stays on this loop with no lock and no round trip.
+        self.peers: Any = None
         self.reject = config.limit_concurrency_mode == "reject"
         self.waiting: deque[tuple[HttpConnection, RequestCycle]] = deque()
         self.saturated = False
@@ -104,12 +105,21 @@ class HttpService:
     def admit(self) -> bool:
         """Count a request in; False at --limit-concurrency (the caller queues it or sends 503)."""
         limit = self._limit
-        if limit and (self.waiting or self.inflight + self.others_inflight >= limit):
-            if not self.reject and not self.saturated:
-                self._saturate(True)
-            return False
+        if limit:
+            if self.waiting or self.inflight + self._others() >= limit:
+                if not self.reject and not self.saturated:
+                    self._saturate(True)
+                return False
+            self.inflight += 1
+            if self.peers is not None:
+                self.peers.publish(self.inflight)
+            return True
         self.inflight += 1
         return True
+
+    def _others(self) -> int:
+        peers = self.peers
+        return peers.others() if peers is not None else 0
 
     def enqueue(self, conn: HttpConnection, cycle: RequestCycle) -> None:
         self.waiting.append((conn, cycle))
@@ -118,14 +128,16 @@ class HttpService:
         """Start queued requests while there is room; resume accepting below the low-water mark."""
         limit = self._limit
         waiting = self.waiting
-        while waiting and self.inflight + self.others_inflight < limit:
+        while waiting and self.inflight + self._others() < limit:
             conn, cycle = waiting.popleft()
             if conn.closed or cycle.disconnected:
                 continue
             self.inflight += 1
+            if self.peers is not None:
+                self.peers.publish(self.inflight)
             conn.start(cycle)
         # Low water at 90 %: accepting does not flap on and off at the limit itself.
-        if self.saturated and not waiting and self.inflight + self.others_inflight < limit - limit // 10:
+        if self.saturated and not waiting and self.inflight + self._others() < limit - limit // 10:
             self._saturate(False)
 
     def _saturate(self, on: bool) -> None:
@@ -135,6 +147,8 @@ class HttpService:
 
     def request_done(self, task: asyncio.Task[None] | None) -> None:
         self.inflight -= 1
+        if self.peers is not None:
+            self.peers.publish(self.inflight)
         if task is not None:
             self.tasks.discard(task)
         if self.waiting or self.saturated:

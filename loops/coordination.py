@@ -1,11 +1,14 @@
 """Cross-loop coordination through per-worker slots in shared memory.
 
 Each worker owns one slot and is its only writer; everybody may read every slot. Nothing is
-locked: a slot field is one aligned 8-byte double, written whole. Every loop publishes its own
-counters and reads the others' on a cadence (a timer on its own loop), so the request path never
-leaves the loop: ``HttpService.admit()`` compares its live count plus the others' last published
-counts with the limit. Across loops the limit can therefore be overshot by what the other loops
-admitted since their last publication (one cadence, ``LIMIT_CADENCE``), never more.
+locked: a slot field is one aligned 8-byte double, written whole.
+
+With --limit-concurrency, each loop stores its in-flight count whenever it changes and sums all
+slots when it admits a request (``PeerCounts``): the request path never leaves the loop, and the
+server-wide limit can only be overshot by admissions racing within the same instant on different
+loops. A timer on each loop (``LIMIT_CADENCE``) also wakes that loop's queued requests when
+another loop frees a slot, and publishes the other counters (connections, requests served) and a
+heartbeat written by the loop itself, which the supervisor's health check reads.
 
 The same memory serves process workers (inherited through ``multiprocessing``) and thread
 workers, and it is the supervisor's live view of the server (``snapshot()``).
@@ -78,6 +81,28 @@ class SharedStats:
         }
 
 
+class PeerCounts:
+    """In-flight counts shared at every admission and completion (only with a concurrency limit).
+
+    Each loop stores its own count when it changes and sums everybody's when it admits, so the
+    server-wide limit can only be overshot by admissions that race within the same instant on
+    different loops (there is no lock to make check-and-increment atomic across loops).
+    """
+
+    __slots__ = ("_view", "_own", "_column")
+
+    def __init__(self, view: Any, slot: int) -> None:
+        self._view = view
+        self._own = slot * FIELDS + INFLIGHT
+        self._column = view[INFLIGHT::FIELDS]
+
+    def publish(self, inflight: int) -> None:
+        self._view[self._own] = float(inflight)
+
+    def others(self) -> int:
+        return int(sum(self._column) - self._view[self._own])
+
+
 class LoopCoordinator:
     """A worker loop's side: publish own counters, read the others', wake queued requests."""
 
@@ -100,6 +125,8 @@ class LoopCoordinator:
         view[base + WORKER] = float(self.worker_id)
         view[base + LIVE] = 1.0
         limited = bool(service.config.limit_concurrency)
+        if limited:
+            service.peers = PeerCounts(view, self.slot)
         self._interval = min(LIMIT_CADENCE if limited else STATS_CADENCE, self.heartbeat_interval)
         self._limited = limited
         self._tick()
@@ -114,10 +141,8 @@ class LoopCoordinator:
         view[base + SERVED] = float(service.served)
         # The heartbeat is written by the loop itself: a blocked loop stops beating.
         view[base + HEARTBEAT] = time.monotonic()
-        if self._limited:
-            service.others_inflight = int(sum(view[INFLIGHT::FIELDS])) - service.inflight
-            if service.waiting or service.saturated:
-                service.release()
+        if self._limited and (service.waiting or service.saturated):
+            service.release()  # another loop may have freed a slot since our last look
         self._timer = self._loop.call_later(self._interval, self._tick)
 
     def detach(self) -> None:
