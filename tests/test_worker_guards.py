@@ -16,7 +16,16 @@ FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 def test_workers_that_keep_crashing_stop_the_server() -> None:
     """Replacements come back after each crash, until 5 crashes within a minute stop everything."""
-    child = polycorn("tests.fixture_apps.guard_app:app", "--port", "0", "--workers", "2", "--no-access-log")
+    child = polycorn(
+        "tests.fixture_apps.guard_app:app",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--worker-mode",
+        "process",
+        "--no-access-log",
+    )
     try:
         url = child.url()
         child.wait_for("all 2 workers ready")
