@@ -269,6 +269,8 @@ class Run:
     #: CPU that other processes used during the run (% of one core): the machine's busy time
     #: less the server's and wrk's
     others_cpu_pct: float | None
+    #: CPU left idle on the machine during the run (% of one core)
+    idle_cpu_pct: float | None
     idle_busy_pct: float | None
     loadavg_before: float
     loadavg_after: float
@@ -315,8 +317,8 @@ def _shares(counts: dict[str, int] | Counter[str] | None) -> str:
     return "/".join(f"{100 * v / total:.0f}" for v in sorted(counts.values(), reverse=True))
 
 
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """(all, busy) CPU time of the whole machine so far, from /proc/stat, in clock ticks.
+def _cpu_jiffies() -> tuple[int, int, int] | None:
+    """(all, busy, idle) CPU time of the whole machine so far, from /proc/stat, in clock ticks.
 
     Busy is user + nice + system time: the interrupt and softirq columns are left out, since on
     loopback they are mostly the benchmark's own network traffic, charged to no process.
@@ -326,7 +328,7 @@ def _cpu_jiffies() -> tuple[int, int] | None:
     except (OSError, ValueError):
         return None
     total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is within user)
-    return total, fields[0] + fields[1] + fields[2]
+    return total, fields[0] + fields[1] + fields[2], fields[3] + fields[4]
 
 
 def measure_once(args: argparse.Namespace, rnd: int, server: RunningServer, probe: ServerProbe, scenario: str) -> Run:
@@ -358,13 +360,14 @@ def measure_once(args: argparse.Namespace, rnd: int, server: RunningServer, prob
     server_cpu = None
     if cpu_before is not None and cpu_after is not None and wall > 0:
         server_cpu = 100.0 * (cpu_after - cpu_before) / wall
-    others_cpu = None
+    others_cpu = idle_cpu = None
     if machine_before and machine_after and server_cpu is not None:
-        total, busy = (a - b for a, b in zip(machine_after, machine_before, strict=True))
+        total, busy, idle = (a - b for a, b in zip(machine_after, machine_before, strict=True))
         if total > 0:
             # Everything busy on the machine, as % of one core, less the server and wrk.
-            machine_busy = 100.0 * (os.cpu_count() or 1) * busy / total
-            others_cpu = max(0.0, machine_busy - server_cpu - wrk_cpu)
+            cores = 100.0 * (os.cpu_count() or 1)
+            others_cpu = max(0.0, cores * busy / total - server_cpu - wrk_cpu)
+            idle_cpu = cores * idle / total
     parsed = parse_wrk(output)
     if code != 0 or not parsed["requests_per_s"]:
         print(f"  wrk failed (exit {code}):\n{output}", file=sys.stderr)
@@ -375,6 +378,7 @@ def measure_once(args: argparse.Namespace, rnd: int, server: RunningServer, prob
         wrk_cpu_pct=wrk_cpu,
         server_cpu_pct=server_cpu,
         others_cpu_pct=others_cpu,
+        idle_cpu_pct=idle_cpu,
         idle_busy_pct=idle_busy,
         loadavg_before=load_before,
         loadavg_after=load_after,
@@ -387,11 +391,23 @@ def measure_once(args: argparse.Namespace, rnd: int, server: RunningServer, prob
         f"  round {rnd + 1}  {variant.name:<18} {scenario:<4} {run.requests_per_s:>9,.0f} req/s"
         f"  p50 {_fmt(run.p50_ms, '.2f')} ms  p99 {_fmt(run.p99_ms, '.2f')} ms"
         f"  errors {run.socket_errors}/{run.non_2xx}  server cpu {_fmt(server_cpu, '.0f')}%"
-        f"  wrk cpu {wrk_cpu:.0f}%  others {_fmt(others_cpu, '.0f')}%  busy before {_fmt(idle_busy, '.0f')}%"
+        f"  wrk cpu {wrk_cpu:.0f}%  others {_fmt(others_cpu, '.0f')}%  idle {_fmt(idle_cpu, '.0f')}%"
+        f"  busy before {_fmt(idle_busy, '.0f')}%"
         f"  load {load_before:.2f}->{load_after:.2f}{served}",
         flush=True,
     )
     return run
+
+
+def noisy(run: Run, threshold: float) -> bool:
+    """Other processes took CPU during the run *and* the machine had none to spare.
+
+    Other processes on a core the server could not have used anyway (one worker on two cores)
+    do not count: they took nothing from it.
+    """
+    if run.others_cpu_pct is None or run.others_cpu_pct <= threshold:
+        return False
+    return run.idle_cpu_pct is None or run.idle_cpu_pct < 20
 
 
 def measure(args: argparse.Namespace, rnd: int, variant: Variant) -> VariantRound:
@@ -406,11 +422,11 @@ def measure(args: argparse.Namespace, rnd: int, variant: Variant) -> VariantRoun
                 run = measure_once(args, rnd, server, probe, scenario)
                 run.attempt = attempt + 1
                 attempts.append(run)
-                if run.others_cpu_pct is None or run.others_cpu_pct <= args.noisy_threshold:
+                if not noisy(run, args.noisy_threshold):
                     break
                 if attempt < args.retry_noisy:
                     print(f"    other processes used {run.others_cpu_pct:.0f} % of a core: repeating", flush=True)
-            result.runs.append(min(attempts, key=lambda r: r.others_cpu_pct or 0.0))
+            result.runs.append(min(attempts, key=lambda r: (noisy(r, args.noisy_threshold), r.others_cpu_pct or 0.0)))
         if args.sample > 0:
             seen, failed = sample_workers(server.port, args.sample)
             result.sample, result.sample_failed = dict(seen), failed
@@ -586,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=2,
         help="repeat a measurement up to this many times while other processes took more than "
-        "--noisy-threshold %% of a core during it (the cleanest attempt is kept)",
+        "--noisy-threshold %% of a core during it and left less than 20 %% idle (the cleanest attempt is kept)",
     )
     parser.add_argument(
         "--noisy-threshold", type=float, default=15, help="%% of one core that other processes may use during a run"
@@ -596,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scenarios",
         type=lambda s: [x for x in s.split(",") if x],
-        default=list(SCENARIOS),
+        default=",".join(SCENARIOS),
         help=f"comma-separated, from {', '.join(SCENARIOS)}",
     )
     parser.add_argument(
@@ -662,17 +678,18 @@ def main(argv: list[str] | None = None) -> int:
     warnings = sorted({w.split(": ", 1)[-1] for vr in results for w in vr.warnings})
     if warnings:
         print("\nwarnings and errors the servers logged:\n  " + "\n  ".join(warnings))
-    noisy = [
+    disturbed = [
         f"round {r.round + 1} {r.variant}/{r.scenario} ({_fmt(r.others_cpu_pct, '.0f')} %)"
         for vr in results
         for r in vr.runs
-        if r.others_cpu_pct is not None and r.others_cpu_pct > args.noisy_threshold
+        if noisy(r, args.noisy_threshold)
     ]
-    if noisy:
+    if disturbed:
         print(
             "\nnote: other processes took CPU during "
-            + ", ".join(noisy)
-            + " (even after repeating): those runs shared the machine; the medians damp them."
+            + ", ".join(disturbed)
+            + " while the machine had no idle CPU (even after repeating): those runs shared the"
+            " machine; the medians damp them."
         )
     if args.json:
         payload = {
