@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import platform
@@ -113,7 +114,7 @@ class Server:
         coordinator = hooks.coordinator if hooks is not None else None
         if coordinator is not None:
             coordinator.attach(service, loop)
-        installed = self._install_signals(loop)
+        installed = self._install_signals(loop, worker=hooks is not None)
         self.started = True
         if hooks is not None:
             hooks.on_ready()
@@ -135,6 +136,12 @@ class Server:
             for srv in self._listeners:
                 srv.close()
             self._listeners = []
+            if listen is None:
+                # New connections are refused from now on instead of waiting in the backlog of a
+                # socket nobody will accept from again (and being reset when it closes).
+                for sock in self.bound:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
             if hooks is not None and hooks.on_draining is not None:
                 hooks.on_draining()
             shutdown = loop.create_task(service.shutdown(config.timeout_graceful_shutdown))
@@ -219,10 +226,25 @@ class Server:
                         pass
                 sock.close()
 
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[Any]:
+    def _request_graceful_exit(self) -> None:
+        """A worker process's SIGTERM: graceful, and idempotent.
+
+        systemd (KillMode=control-group) and a terminal's CTRL+C signal every process of the group
+        while the supervisor also stops each worker: a second SIGTERM must not force a worker that
+        is draining. The supervisor forces a worker with SIGKILL instead.
+        """
+        if self._exit is None or not self._exit.is_set():
+            self.request_exit()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop, worker: bool = False) -> list[Any]:
         if threading.current_thread() is not threading.main_thread():
             return []  # embedded in a thread: the embedding code decides when to stop
         installed: list[Any] = []
+        if worker:
+            # SIGINT is the terminal's CTRL+C, for the supervisor to handle (it then stops us).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            loop.add_signal_handler(signal.SIGTERM, self._request_graceful_exit)
+            return [signal.SIGTERM]
         for sig in _EXIT_SIGNALS:
             try:
                 loop.add_signal_handler(sig, self.request_exit)

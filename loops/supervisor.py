@@ -104,7 +104,15 @@ class Supervisor:
     # -- sockets -----------------------------------------------------------------------------
     def _bind(self) -> None:
         config = self.config
-        reuse = config.reuse_port and config.fd is None and config.uds is None and hasattr(socket, "SO_REUSEPORT")
+        # Only Linux spreads connections across SO_REUSEPORT sockets; the BSDs and macOS hand them
+        # all to one socket, so there one shared socket is the balanced choice.
+        reuse = (
+            config.reuse_port
+            and config.fd is None
+            and config.uds is None
+            and sys.platform.startswith("linux")
+            and hasattr(socket, "SO_REUSEPORT")
+        )
         if reuse:
             first = sockets.bind_reuseport(config.host, config.port, config.backlog)
             port = first.getsockname()[1]  # port 0 is resolved once; every worker shares it
@@ -393,6 +401,12 @@ class Supervisor:
         self.shutting_down = True
         if first:
             logger.info("shutting down %d workers", len(self.workers))
+            # Refuse new connections now (for every worker's copy of each socket at once) rather
+            # than let them queue on sockets that nobody will accept from again.
+            for seat in self.seats:
+                for sock in seat:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
             asyncio.get_running_loop().create_task(self._stop_all())
         else:
             logger.warning("second signal: forcing the workers to exit")
@@ -403,7 +417,8 @@ class Supervisor:
         self.shutting_down = True
         workers = list(self.workers)
         for worker in workers:
-            worker.stop()
+            if worker.stop_requests == 0:  # one already draining (TTOU, a restart) is not forced
+                worker.stop()
         if workers:
             grace = self.config.timeout_graceful_shutdown + 10
             _, pending = await asyncio.wait([w.exited for w in workers], timeout=grace)

@@ -39,13 +39,13 @@ class Events(Protocol):
     def worker_exited(self, worker: Worker) -> None: ...
 
 
-def pin_to_cpu(worker_id: int) -> None:
+def pin_to_cpu(seat: int) -> None:
     """Pin the calling process (or, on Linux, thread) to one CPU of the allowed set."""
     if not hasattr(os, "sched_setaffinity"):
         logger.warning("--pin-cpus: CPU affinity is not supported on this platform")
         return
     cpus = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpus[worker_id % len(cpus)]})
+    os.sched_setaffinity(0, {cpus[seat % len(cpus)]})
 
 
 class Worker:
@@ -174,7 +174,7 @@ def _exit_with_supervisor() -> None:
 
 
 def _process_main(
-    config: Config, listen: list[socket.socket], worker_id: int, slot: int, stats: SharedStats, conn: Any
+    config: Config, listen: list[socket.socket], worker_id: int, seat: int, slot: int, stats: SharedStats, conn: Any
 ) -> None:
     """Entry point of a spawned worker process."""
     _exit_with_supervisor()
@@ -182,7 +182,7 @@ def _process_main(
         signal.signal(sig, signal.SIG_IGN)  # the supervisor's signals, not the worker's
     try:
         if config.pin_cpus:
-            pin_to_cpu(worker_id)
+            pin_to_cpu(seat)  # by seat: a replacement takes the CPU of the worker it replaces
         prepare_process(config)
         hooks = _hooks(worker_id, slot, stats, config, conn.send)
         Server(config).run(listen, hooks)
@@ -201,7 +201,7 @@ class ProcessWorker(Worker):
         self._conn = parent
         self.process = _CONTEXT.Process(
             target=_process_main,
-            args=(self.config, self.listen, self.worker_id, self.slot, self.stats, child),
+            args=(self.config, self.listen, self.worker_id, self.seat, self.slot, self.stats, child),
             name=f"polycorn-worker-{self.worker_id}",
             daemon=True,
         )
@@ -231,13 +231,13 @@ class ProcessWorker(Worker):
         self._exited(self.process.exitcode)
 
     def stop(self) -> None:
-        """SIGTERM: graceful shutdown; asked twice, SIGINT a second time forces it."""
+        """SIGTERM: graceful shutdown; asked twice, SIGKILL (a worker's SIGTERM is idempotent)."""
         if self.state == "exited":
             return
         self.stop_requests += 1
         self.state = "stopping"
         try:
-            os.kill(self.process.pid, signal.SIGTERM if self.stop_requests == 1 else signal.SIGINT)  # type: ignore[arg-type]
+            os.kill(self.process.pid, signal.SIGTERM if self.stop_requests == 1 else signal.SIGKILL)  # type: ignore[arg-type]
         except ProcessLookupError:
             pass
 
@@ -273,7 +273,7 @@ class ThreadWorker(Worker):
         code: int | None = 0
         try:
             if config.pin_cpus:
-                pin_to_cpu(self.worker_id)
+                pin_to_cpu(self.seat)
             hooks = _hooks(self.worker_id, self.slot, self.stats, config, self._post)
 
             async def serve() -> None:
