@@ -71,6 +71,7 @@ def worker_mode(config: Config) -> str:
 class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self._gil_at_start = gil_enabled()
         self.count = worker_count(config)
         self.mode = worker_mode(config)
         if self.mode == "process" and not isinstance(config.app, str):
@@ -161,8 +162,11 @@ class Supervisor:
                     self.error = self._startup_error(failed)
                 await self._stop_all()
                 return
-            if self.mode == "thread" and gil_enabled() and self.config.worker_mode == "auto":
-                logger.warning("importing the app enabled the GIL: thread workers will not run in parallel")
+            if self.mode == "thread" and gil_enabled() and not self._gil_at_start:
+                logger.warning(
+                    "importing the app enabled the GIL (an extension without free-threading support): "
+                    "thread workers will not run in parallel; --worker-mode process would"
+                )
             logger.info("all %d workers ready", len(started))
             self._schedule_health()
             if self.config.reload:
