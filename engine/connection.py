@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from polycorn.cycle import BODY, DONE, RequestCycle
-from polycorn.logs import escape
+from polycorn.logs import escape, request_target
 from polycorn.parsing import ProtocolError
 from polycorn.response import error_response
 
@@ -188,11 +188,11 @@ class HttpConnection(asyncio.Protocol):
                 else:
                     raise ProtocolError(417, "unsupported expectation")
             elif kind == _XFF:
-                if self.trusted and service.proxy_headers:
+                if self.trusted:  # service.trusts() is False without --proxy-headers
                     host = value.rpartition(b",")[2].strip().decode("latin-1")
                     if host:
                         client = (host, 0)
-            elif kind == _XFP and self.trusted and service.proxy_headers:
+            elif kind == _XFP and self.trusted:
                 proto = _FORWARDED_SCHEMES(value.rpartition(b",")[2].strip().lower())
                 if proto is not None:
                     scheme = proto
@@ -201,11 +201,11 @@ class HttpConnection(asyncio.Protocol):
         if hosts != 1 and (hosts or http_version == "1.1"):
             # RFC 9112 §3.2: exactly one Host in HTTP/1.1; never several.
             raise ProtocolError(400, "missing Host header" if not hosts else "several Host headers")
-        if upgrade or method == b"CONNECT":
+        switching = upgrade or method == b"CONNECT"
+        if switching:
             # No protocol switch is served here: answer the request as plain HTTP and close, as
             # RFC 9110 §7.8 allows; httptools stops parsing at such a request anyway.
             keep_alive = False
-            self.parser.stop()
 
         if target[:1] == b"/":
             raw_path, _, query = target.partition(b"?")
@@ -241,7 +241,7 @@ class HttpConnection(asyncio.Protocol):
         cycle = RequestCycle(
             self, scope, keep_alive, expect_continue, method == b"HEAD", service.clock() if service.access_log else 0.0
         )
-        if upgrade or method == b"CONNECT":
+        if switching:
             cycle.body_done = True
         self.parsing = cycle
         if self.active is None:
@@ -290,7 +290,7 @@ class HttpConnection(asyncio.Protocol):
     def on_response_complete(self, cycle: RequestCycle, keep_alive: bool) -> None:
         service = self.service
         if service.access_log:
-            service.log_access(self, cycle)
+            service.log_access(cycle)
         if cycle.waiter is not None:
             cycle.wake()  # a receive() waiting for a disconnect gets one now
         self.active = None
@@ -421,9 +421,7 @@ class HttpConnection(asyncio.Protocol):
 
     def describe_request(self, cycle: RequestCycle) -> str:
         scope = cycle.scope
-        query = scope["query_string"]
-        target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
-        return f'"{scope["method"]} {escape(target)} HTTP/{scope["http_version"]}" from {_peer(self.client)}'
+        return f'"{scope["method"]} {request_target(scope)} HTTP/{scope["http_version"]}" from {_peer(self.client)}'
 
     def log_app_error(self, cycle: RequestCycle, exc: BaseException) -> None:
         logger.error("exception in ASGI app while serving %s", self.describe_request(cycle), exc_info=exc)

@@ -6,7 +6,6 @@ import json
 import logging
 import logging.config
 import re
-import sys
 from typing import Any
 
 from polycorn.errors import ConfigError
@@ -88,5 +87,7 @@ def _load_config_file(path: str) -> None:
         raise ConfigError(f"--log-config: {path!r} is not a valid logging configuration: {exc}") from None
 
 
-def is_tty() -> bool:
-    return sys.stderr.isatty()
+def request_target(scope: dict[str, Any]) -> str:
+    """The request's path and query as one escaped string, for access and error log lines."""
+    query = scope["query_string"]
+    return escape(scope["path"] + ("?" + query.decode("latin-1") if query else ""))

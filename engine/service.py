@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from polycorn.config import Config
 from polycorn.connection import HttpConnection
-from polycorn.logs import access_logger, escape
+from polycorn.logs import access_logger, request_target
 from polycorn.parsing import ParserLimits, parser_class
 
 if TYPE_CHECKING:
@@ -180,16 +180,14 @@ class HttpService:
             return False
         return any(addr in net for net in self._networks)
 
-    def log_access(self, conn: HttpConnection, cycle: RequestCycle) -> None:
+    def log_access(self, cycle: RequestCycle) -> None:
         scope = cycle.scope
         client = scope["client"]
-        query = scope["query_string"]
-        target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
         access_logger.info(
             '%s - "%s %s HTTP/%s" %d %d %.2fms',
             f"{client[0]}:{client[1]}" if client else "-",
             scope["method"],
-            escape(target),
+            request_target(scope),
             scope["http_version"],
             cycle.status,
             cycle.bytes_sent,

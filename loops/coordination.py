@@ -43,13 +43,6 @@ class SharedStats:
         self.capacity = capacity
         self.array: Any = multiprocessing.RawArray(ctypes.c_double, capacity * FIELDS)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"capacity": self.capacity, "array": self.array}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.capacity = state["capacity"]
-        self.array = state["array"]
-
     def view(self) -> Any:  # a memoryview of doubles (typeshed types its items as int)
         return memoryview(self.array).cast("B").cast("d")
 
@@ -71,14 +64,6 @@ class SharedStats:
             if view[base + LIVE]:
                 rows.append({name: float(view[base + i]) for i, name in enumerate(FIELD_NAMES)})
         return rows
-
-    def totals(self) -> dict[str, float]:
-        view = self.view()
-        return {
-            name: float(sum(view[i::FIELDS]))
-            for i, name in enumerate(FIELD_NAMES)
-            if name in ("inflight", "connections", "served")
-        }
 
 
 class PeerCounts:

@@ -76,6 +76,9 @@ class Server:
         self._exit: asyncio.Event | None = None
         self._force: asyncio.Event | None = None
         self._exit_requested = False
+        self._listeners: list[Any] = []
+        self._accepting_wanted = False
+        self._background: asyncio.Task[None] | None = None  # a pending accept start/stop
 
     def run(self, sockets: list[socket.socket] | None = None, hooks: WorkerHooks | None = None) -> None:
         """Blocking entry point: choose the loop, serve until SIGINT/SIGTERM."""
@@ -107,7 +110,6 @@ class Server:
             on_max_requests=hooks.on_recycle if hooks is not None else self.request_exit,
             max_requests=max_requests,
         )
-        self._listeners: list[Any] = []
         await self._accept(True)
         if not service.reject and config.limit_concurrency:
             service.on_saturation = lambda full: self._set_accepting(not full)
@@ -118,7 +120,6 @@ class Server:
         self.started = True
         if hooks is not None:
             hooks.on_ready()
-        if hooks is not None:
             logger.info(
                 "worker %d ready: pid %d, %s, %s parser",
                 hooks.worker_id,

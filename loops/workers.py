@@ -51,8 +51,6 @@ def pin_to_cpu(seat: int) -> None:
 class Worker:
     """What the supervisor knows of one worker, whatever runs it."""
 
-    kind = "worker"
-
     def __init__(
         self,
         config: Config,
@@ -194,8 +192,6 @@ def _process_main(
 
 
 class ProcessWorker(Worker):
-    kind = "process"
-
     def start(self) -> None:
         parent, child = _CONTEXT.Pipe()
         self._conn = parent
@@ -252,8 +248,6 @@ class ProcessWorker(Worker):
 
 
 class ThreadWorker(Worker):
-    kind = "thread"
-
     def start(self) -> None:
         self.server = Server(self.config)
         self.worker_loop: asyncio.AbstractEventLoop | None = None
