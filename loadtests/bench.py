@@ -307,9 +307,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=5)
 
 
-def run_wrk(url: str, connections: int, duration: float, cpu: str | None) -> tuple[str, int, float]:
+def run_wrk(url: str, connections: int, duration: float, cpu: str | None, threads: int = 1) -> tuple[str, int, float]:
     """Run wrk to completion: (output, exit code, wrk CPU % of one core over its run)."""
-    argv = pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url])
+    argv = pinned(cpu, ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", url])
     with tempfile.TemporaryFile() as out:
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)

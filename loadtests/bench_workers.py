@@ -66,6 +66,7 @@ from bench import (
     _stop,
     free_port,
     parse_wrk,
+    run_wrk,
     wait_until_quiet,
 )
 
@@ -293,20 +294,6 @@ class VariantRound:
     warnings: list[str] = field(default_factory=list)
 
 
-def run_wrk(url: str, threads: int, connections: int, duration: float) -> tuple[str, int, float]:
-    """Run wrk to completion, unpinned: (output, exit code, wrk CPU % of one core)."""
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", url]
-    with tempfile.TemporaryFile() as out:
-        started = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)  # wrk's own CPU time, no /proc polling race
-        wall = time.monotonic() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        output = out.read().decode(errors="replace")
-    return output, proc.returncode, 100.0 * (usage.ru_utime + usage.ru_stime) / wall if wall > 0 else 0.0
-
-
 def _shares(counts: dict[str, int] | Counter[str] | None) -> str:
     """'52/48' : each worker's share in percent, largest first."""
     if not counts:
@@ -335,7 +322,7 @@ def measure_once(args: argparse.Namespace, rnd: int, server: RunningServer, prob
     variant = server.variant
     url = f"http://127.0.0.1:{server.port}{SCENARIOS[scenario]}"
     if args.warmup > 0:
-        run_wrk(url, args.wrk_threads, args.connections, args.warmup)
+        run_wrk(url, args.connections, args.warmup, None, threads=args.wrk_threads)
     time.sleep(args.cooldown)
     idle_busy = wait_until_quiet(args.wait_quiet)
     before = None
@@ -346,7 +333,7 @@ def measure_once(args: argparse.Namespace, rnd: int, server: RunningServer, prob
     cpu_before = probe.cpu_seconds()
     machine_before = _cpu_jiffies()
     started = time.monotonic()
-    output, code, wrk_cpu = run_wrk(url, args.wrk_threads, args.connections, args.duration)
+    output, code, wrk_cpu = run_wrk(url, args.connections, args.duration, None, threads=args.wrk_threads)
     wall = time.monotonic() - started
     machine_after = _cpu_jiffies()
     cpu_after = probe.cpu_seconds()
