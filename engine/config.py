@@ -142,6 +142,46 @@ class Config:
         choices=("auto", "httptools", "h11"),
         group="implementation",
     )
+    ws: Literal["auto", "websockets", "none"] = option(
+        "auto",
+        "WebSocket support: the websockets library's sans-I/O protocol where installed; 'none' serves upgrade requests as plain HTTP.",
+        kind="choice",
+        choices=("auto", "websockets", "none"),
+        group="websockets",
+    )
+    ws_max_size: int = option(
+        16 * 1024 * 1024,
+        "Largest incoming WebSocket message in bytes, after decompression (close 1009 beyond).",
+        minimum=1,
+        group="websockets",
+    )
+    ws_max_queue: int = option(
+        32, "Incoming WebSocket messages queued for the app before reading pauses.", minimum=1, group="websockets"
+    )
+    ws_ping_interval: float = option(
+        20.0, "Seconds between keep-alive pings on an open WebSocket; 0 sends none.", minimum=0, group="websockets"
+    )
+    ws_ping_timeout: float = option(
+        20.0,
+        "Seconds to wait for the pong before closing the WebSocket (1011); 0 waits forever.",
+        minimum=0,
+        group="websockets",
+    )
+    ws_per_message_deflate: bool = option(
+        True, "Offer permessage-deflate compression (RFC 7692) to WebSocket clients.", kind="bool", group="websockets"
+    )
+    ws_open_timeout: float = option(
+        10.0,
+        "Seconds the app has to accept or deny a WebSocket handshake (503 after); 0 waits forever.",
+        minimum=0,
+        group="websockets",
+    )
+    ws_close_timeout: float = option(
+        10.0,
+        "Seconds to wait for the client's close frame before dropping the connection; 0 waits forever.",
+        minimum=0,
+        group="websockets",
+    )
     lifespan: Literal["auto", "on", "off"] = option(
         "auto",
         "Lifespan protocol: 'auto' runs it if the app supports it, 'on' requires it.",

@@ -19,11 +19,15 @@ from polycorn.cycle import BODY, DONE, RequestCycle
 from polycorn.logs import escape, request_target
 from polycorn.parsing import ProtocolError
 from polycorn.response import error_response
+from polycorn.websocket import WebSocketCycle, is_websocket_upgrade
 
 if TYPE_CHECKING:
     from polycorn.service import HttpService
 
 logger = logging.getLogger("polycorn.error")
+
+#: What a connection runs: an HTTP request, or a WebSocket session until the app accepts it.
+Cycle = RequestCycle | WebSocketCycle
 
 # Request header names the connection acts on; everything else passes through untouched.
 _HOST, _CONNECTION, _EXPECT, _UPGRADE, _XFF, _XFP = range(6)
@@ -61,6 +65,7 @@ class HttpConnection(asyncio.Protocol):
         "timer",
         "closed",
         "eof",
+        "upgrade",
     )
 
     def __init__(self, service: HttpService) -> None:
@@ -72,9 +77,9 @@ class HttpConnection(asyncio.Protocol):
         self.server: tuple[str, int | None] | None = None
         self.scheme = "http"
         self.trusted = False
-        self.active: RequestCycle | None = None  # the cycle whose response is being written
-        self.parsing: RequestCycle | None = None  # the cycle receiving body bytes
-        self.pipeline: deque[RequestCycle] | None = None
+        self.active: Cycle | None = None  # the cycle whose response is being written
+        self.parsing: Cycle | None = None  # the cycle receiving body bytes
+        self.pipeline: deque[Cycle] | None = None
         self.pending_error: ProtocolError | None = None
         self.reading_paused = False
         self.writing_paused = False
@@ -83,6 +88,7 @@ class HttpConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.eof = False
+        self.upgrade: WebSocketCycle | None = None  # a WebSocket handshake the app has not answered
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -165,6 +171,7 @@ class HttpConnection(asyncio.Protocol):
         keep_alive = http_version == "1.1"
         hosts = 0
         expect_continue = upgrade = False
+        upgrade_to = None
         client = self.client
         scheme = self.scheme
         for name, value in headers:
@@ -182,6 +189,8 @@ class HttpConnection(asyncio.Protocol):
                         keep_alive = True
                     elif token == b"upgrade":
                         upgrade = True
+            elif kind == _UPGRADE:
+                upgrade_to = value
             elif kind == _EXPECT:
                 if value.lower() == b"100-continue":
                     expect_continue = http_version == "1.1"
@@ -220,6 +229,15 @@ class HttpConnection(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)
         root_path = service.root_path
+        if (
+            switching
+            and upgrade_to is not None
+            and http_version == "1.1"  # RFC 9110 §7.8: an HTTP/1.0 Upgrade is ignored
+            and service.websockets is not None
+            and is_websocket_upgrade(upgrade_to)
+        ):
+            self._websocket(method, target, headers, path, raw_path, query, client, scheme)
+            return
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -252,6 +270,50 @@ class HttpConnection(asyncio.Protocol):
             self.pipeline.append(cycle)
             self.pause_reading()
 
+    def _websocket(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        path: str,
+        raw_path: bytes,
+        query: bytes,
+        client: tuple[str, int] | None,
+        scheme: str,
+    ) -> None:
+        """An upgrade to WebSocket: the session waits for its turn like any request."""
+        service = self.service
+        root_path = service.root_path
+        scope: dict[str, Any] = {
+            "type": "websocket",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": client,
+            "scheme": scheme,
+            "root_path": root_path,
+            "path": root_path + path if root_path else path,
+            "raw_path": service.root_path_bytes + raw_path if root_path else raw_path,
+            "query_string": query,
+            "headers": headers,
+            "state": service.state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        self.parser.stop()
+        cycle = self.upgrade = WebSocketCycle.upgrade(self, method, target, headers, scope)
+        self.pause_reading()  # frames stay in the kernel until the app accepts
+        self.parsing = cycle
+        if self.active is None:
+            self._run(cycle)
+        else:
+            if self.pipeline is None:
+                self.pipeline = deque()
+            self.pipeline.append(cycle)
+
+    def on_upgrade_data(self, data: bytes) -> None:
+        if self.upgrade is not None:
+            self.upgrade.early += data
+
     def on_body(self, chunk: bytes) -> None:
         cycle = self.parsing
         if cycle is not None:
@@ -266,7 +328,7 @@ class HttpConnection(asyncio.Protocol):
             self.parsing = None
 
     # -- cycles ---------------------------------------------------------------------------------
-    def _run(self, cycle: RequestCycle) -> None:
+    def _run(self, cycle: Cycle) -> None:
         self.active = cycle
         service = self.service
         if not service.admit():
@@ -282,12 +344,12 @@ class HttpConnection(asyncio.Protocol):
             return
         self.start(cycle)
 
-    def start(self, cycle: RequestCycle) -> None:
+    def start(self, cycle: Cycle) -> None:
         """Run the app for an admitted request (counted in flight by the service)."""
         cycle.task = task = self.loop.create_task(cycle.run(self.service.app))
         self.service.tasks.add(task)
 
-    def on_response_complete(self, cycle: RequestCycle, keep_alive: bool) -> None:
+    def on_response_complete(self, cycle: Cycle, keep_alive: bool) -> None:
         service = self.service
         if service.access_log:
             service.log_access(cycle)
@@ -316,7 +378,7 @@ class HttpConnection(asyncio.Protocol):
         self.maybe_resume_reading()
         self._idle()
 
-    def abort_cycle(self, cycle: RequestCycle) -> None:
+    def abort_cycle(self, cycle: Cycle) -> None:
         """The response cannot be finished: the client sees the connection close."""
         if self.active is cycle:
             self.active = None
@@ -332,6 +394,8 @@ class HttpConnection(asyncio.Protocol):
         """Resume once nothing waits in the pipeline and the body buffer is below high water."""
         if not self.reading_paused or self.closed or self.pipeline or self.pending_error is not None:
             return
+        if self.upgrade is not None:
+            return  # the WebSocket session resumes reading once it owns the transport
         cycle = self.parsing
         if cycle is not None and cycle.state != DONE and cycle.buffered > self.service.read_high_water:
             return
@@ -416,14 +480,14 @@ class HttpConnection(asyncio.Protocol):
             exc.status,
         )
         if not self.closed:
-            self.transport.write(error_response(exc.status, self.service.date_line))
+            self.transport.write(error_response(exc.status, self.service.date_line, headers=exc.headers))
         self.close()
 
-    def describe_request(self, cycle: RequestCycle) -> str:
+    def describe_request(self, cycle: Cycle) -> str:
         scope = cycle.scope
-        return f'"{scope["method"]} {request_target(scope)} HTTP/{scope["http_version"]}" from {_peer(self.client)}'
+        return f'"{scope.get("method", "GET")} {request_target(scope)} HTTP/{scope["http_version"]}" from {_peer(self.client)}'
 
-    def log_app_error(self, cycle: RequestCycle, exc: BaseException) -> None:
+    def log_app_error(self, cycle: Cycle, exc: BaseException) -> None:
         logger.error("exception in ASGI app while serving %s", self.describe_request(cycle), exc_info=exc)
 
 

@@ -84,6 +84,9 @@ class H11Adapter:
                 sink.on_head(method, target, version.decode("ascii"), headers)
                 sink.on_message_complete()
                 self._stopped = self._awaiting_head = True
+                rest = conn.trailing_data[0]
+                if rest:
+                    sink.on_upgrade_data(bytes(rest))
                 return
             elif kind is h11.EndOfMessage:
                 sink.on_message_complete()

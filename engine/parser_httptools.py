@@ -59,11 +59,15 @@ class HttptoolsAdapter:
             if isinstance(cause, ProtocolError):
                 raise cause from None
             raise
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             # llhttp stops at an Upgrade/CONNECT request; the connection already treated it as
-            # the last request on this connection (see HttpConnection.on_head).
+            # the last request on this connection (see HttpConnection.on_head). What follows the
+            # head in this chunk belongs to the next protocol.
             self._stopped = True
             self._in_body = False
+            rest = data[exc.args[0] :]
+            if rest:
+                self._sink.on_upgrade_data(rest)
         except httptools.HttpParserError as exc:
             self._stopped = True
             self._in_body = False
@@ -140,5 +144,7 @@ class HttptoolsAdapter:
         self._in_body = False
         self._completed = True
         self._sink.on_message_complete()
-        if self._stopped:
-            raise _Stopped  # the last message on this connection: ignore whatever follows
+        if self._stopped and not self._parser.should_upgrade():
+            # The last message on this connection: ignore whatever follows. (After an Upgrade
+            # or CONNECT llhttp stops by itself and says where the next protocol's bytes begin.)
+            raise _Stopped

@@ -14,10 +14,11 @@ from typing import Protocol
 class ProtocolError(Exception):
     """The peer broke HTTP/1.1; ``status`` is the response to send before closing."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: bytes = b"") -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers = headers  # extra response header lines, e.g. a 426's Upgrade
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,9 @@ class Sink(Protocol):
     def on_body(self, chunk: bytes) -> None: ...
 
     def on_message_complete(self) -> None: ...
+
+    def on_upgrade_data(self, data: bytes) -> None:
+        """Bytes that followed an Upgrade request's head: the next protocol's, not HTTP's."""
 
 
 class ParserAdapter(Protocol):

@@ -34,13 +34,14 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def error_response(status: int, date_line: bytes, *, close: bool = True) -> bytes:
+def error_response(status: int, date_line: bytes, *, close: bool = True, headers: bytes = b"") -> bytes:
     """A small, complete, well-formed plain-text error response."""
     phrase = HTTPStatus(status).phrase.encode("ascii")
     return b"".join(
         (
             STATUS_LINES[status],
             date_line,
+            headers,
             b"content-type: text/plain; charset=utf-8\r\n",
             b"content-length: %d\r\n" % len(phrase),
             b"connection: close\r\n\r\n" if close else b"\r\n",

@@ -19,9 +19,11 @@ from polycorn.config import Config
 from polycorn.connection import HttpConnection
 from polycorn.logs import access_logger, request_target
 from polycorn.parsing import ParserLimits, parser_class
+from polycorn.websocket import GOING_AWAY, SERVICE_RESTART, websocket_settings
 
 if TYPE_CHECKING:
-    from polycorn.cycle import RequestCycle
+    from polycorn.connection import Cycle
+    from polycorn.websocket import WebSocketCycle
 
 logger = logging.getLogger("polycorn.error")
 
@@ -54,13 +56,16 @@ class HttpService:
         self.keep_alive = config.timeout_keep_alive
         self.read_high_water = config.read_high_water
         self.write_high_water = config.write_high_water
+        self.websockets = websocket_settings(config)
+        #: The close code open WebSockets get at shutdown: 1012 when the worker is being replaced.
+        self.websocket_close_code = GOING_AWAY
         self.root_path = config.root_path
         self.root_path_bytes = config.root_path.encode("utf-8")
         self.proxy_headers = config.proxy_headers
         self._networks = config.forwarded_networks
         self.access_log = config.access_log and access_logger.isEnabledFor(logging.INFO) and not access_logger.disabled
         self.clock = time.perf_counter  # uvloop's loop.time() ticks in milliseconds
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[HttpConnection | WebSocketCycle] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.inflight = 0
         self.served = 0
@@ -70,7 +75,7 @@ class HttpService:
         #: only shared memory, so admission stays on this loop with no lock and no round trip.
         self.peers: Any = None
         self.reject = config.limit_concurrency_mode == "reject"
-        self.waiting: deque[tuple[HttpConnection, RequestCycle]] = deque()
+        self.waiting: deque[tuple[HttpConnection, Cycle]] = deque()
         self.saturated = False
         #: Called with True when the server reaches --limit-concurrency in queue mode (stop
         #: accepting) and with False once it is back under the low-water mark.
@@ -121,7 +126,7 @@ class HttpService:
         peers = self.peers
         return peers.others() if peers is not None else 0
 
-    def enqueue(self, conn: HttpConnection, cycle: RequestCycle) -> None:
+    def enqueue(self, conn: HttpConnection, cycle: Cycle) -> None:
         self.waiting.append((conn, cycle))
 
     def release(self) -> None:
@@ -180,13 +185,13 @@ class HttpService:
             return False
         return any(addr in net for net in self._networks)
 
-    def log_access(self, cycle: RequestCycle) -> None:
+    def log_access(self, cycle: Cycle) -> None:
         scope = cycle.scope
         client = scope["client"]
         access_logger.info(
             '%s - "%s %s HTTP/%s" %d %d %.2fms',
             f"{client[0]}:{client[1]}" if client else "-",
-            scope["method"],
+            scope.get("method", "GET"),
             request_target(scope),
             scope["http_version"],
             cycle.status,
@@ -195,9 +200,14 @@ class HttpService:
         )
 
     # -- graceful shutdown ---------------------------------------------------------------------
-    async def shutdown(self, timeout: float) -> bool:
-        """Stop taking requests, let in-flight ones finish; True if all did within ``timeout``."""
+    async def shutdown(self, timeout: float, restart: bool = False) -> bool:
+        """Stop taking requests, let in-flight ones finish; True if all did within ``timeout``.
+
+        ``restart``: this loop is being replaced (a rolling restart, a recycle), not the server
+        stopping, which open WebSockets learn from their close code.
+        """
         self.accepting = False
+        self.websocket_close_code = SERVICE_RESTART if restart else GOING_AWAY
         linger = self.shutdown_linger = min(self.shutdown_linger, timeout / 2)  # well within the grace
         for conn in list(self.connections):
             conn.close_if_idle(linger)

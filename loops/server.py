@@ -76,6 +76,7 @@ class Server:
         self._exit: asyncio.Event | None = None
         self._force: asyncio.Event | None = None
         self._exit_requested = False
+        self._restart = False  # the exit is a replacement (SIGUSR2 to a worker): WebSockets get 1012
         self._listeners: list[Any] = []
         self._accepting_wanted = False
         self._background: asyncio.Task[None] | None = None  # a pending accept start/stop
@@ -145,7 +146,7 @@ class Server:
                         sock.shutdown(socket.SHUT_RDWR)
             if hooks is not None and hooks.on_draining is not None:
                 hooks.on_draining()
-            shutdown = loop.create_task(service.shutdown(config.timeout_graceful_shutdown))
+            shutdown = loop.create_task(service.shutdown(config.timeout_graceful_shutdown, self._restart))
             force = loop.create_task(self._force.wait())
             await asyncio.wait((shutdown, force), return_when=asyncio.FIRST_COMPLETED)
             if not shutdown.done():
@@ -208,9 +209,13 @@ class Server:
             task = asyncio.get_running_loop().create_task(self._accept(on))
             self._background = task  # keep a reference until it is done
 
-    def request_exit(self) -> None:
-        """Begin a graceful shutdown (thread-unsafe: call on the server's loop)."""
+    def request_exit(self, restart: bool = False) -> None:
+        """Begin a graceful shutdown (thread-unsafe: call on the server's loop).
+
+        ``restart``: a supervisor replaces this worker; the server itself goes on.
+        """
         self._exit_requested = True
+        self._restart = self._restart or restart
         if self._exit is not None:
             if self._exit.is_set():
                 assert self._force is not None
@@ -227,7 +232,7 @@ class Server:
                         pass
                 sock.close()
 
-    def _request_graceful_exit(self) -> None:
+    def _request_graceful_exit(self, restart: bool = False) -> None:
         """A worker process's SIGTERM: graceful, and idempotent.
 
         systemd (KillMode=control-group) and a terminal's CTRL+C signal every process of the group
@@ -235,7 +240,7 @@ class Server:
         is draining. The supervisor forces a worker with SIGKILL instead.
         """
         if self._exit is None or not self._exit.is_set():
-            self.request_exit()
+            self.request_exit(restart)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop, worker: bool = False) -> list[Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -245,7 +250,9 @@ class Server:
             # SIGINT is the terminal's CTRL+C, for the supervisor to handle (it then stops us).
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             loop.add_signal_handler(signal.SIGTERM, self._request_graceful_exit)
-            return [signal.SIGTERM]
+            # SIGUSR2 from the supervisor: this worker is being replaced (rolling restart, recycle).
+            loop.add_signal_handler(signal.SIGUSR2, self._request_graceful_exit, True)
+            return [signal.SIGTERM, signal.SIGUSR2]
         for sig in _EXIT_SIGNALS:
             try:
                 loop.add_signal_handler(sig, self.request_exit)

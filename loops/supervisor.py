@@ -298,7 +298,7 @@ class Supervisor:
         if kill:
             old.kill()
         else:
-            old.stop()
+            old.stop(restart=True)
         return True
 
     async def rolling_restart(self) -> None:

@@ -86,7 +86,8 @@ class Worker:
     def start(self) -> None:
         raise NotImplementedError
 
-    def stop(self) -> None:
+    def stop(self, restart: bool = False) -> None:
+        """Graceful stop; ``restart``: the worker is being replaced (its WebSockets get 1012)."""
         raise NotImplementedError
 
     def kill(self) -> None:
@@ -226,14 +227,18 @@ class ProcessWorker(Worker):
         self.process.join()
         self._exited(self.process.exitcode)
 
-    def stop(self) -> None:
-        """SIGTERM: graceful shutdown; asked twice, SIGKILL (a worker's SIGTERM is idempotent)."""
+    def stop(self, restart: bool = False) -> None:
+        """SIGTERM (SIGUSR2 for a replacement): graceful; asked twice, SIGKILL (both are idempotent)."""
         if self.state == "exited":
             return
         self.stop_requests += 1
         self.state = "stopping"
+        if self.stop_requests > 1:
+            sig = signal.SIGKILL
+        else:
+            sig = signal.SIGUSR2 if restart else signal.SIGTERM
         try:
-            os.kill(self.process.pid, signal.SIGTERM if self.stop_requests == 1 else signal.SIGKILL)  # type: ignore[arg-type]
+            os.kill(self.process.pid, sig)  # type: ignore[arg-type]
         except ProcessLookupError:
             pass
 
@@ -288,7 +293,7 @@ class ThreadWorker(Worker):
             except RuntimeError:
                 pass  # the supervisor's loop is already closed
 
-    def stop(self) -> None:
+    def stop(self, restart: bool = False) -> None:
         if self.state == "exited":
             return
         self.stop_requests += 1
@@ -297,11 +302,11 @@ class ThreadWorker(Worker):
         if loop is not None and not loop.is_closed():
             try:
                 # request_exit twice = forced, as a second signal is for a process.
-                loop.call_soon_threadsafe(self.server.request_exit)
+                loop.call_soon_threadsafe(self.server.request_exit, restart)
             except RuntimeError:
                 pass
         else:
-            self.server.request_exit()  # not started yet: it will exit at once
+            self.server.request_exit(restart)  # not started yet: it will exit at once
 
     def kill(self) -> None:
         """A thread cannot be killed: force its shutdown, which happens once its loop runs again."""

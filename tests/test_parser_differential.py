@@ -91,6 +91,10 @@ class Recorder:
     def on_message_complete(self) -> None:
         self.events.append(["end"])
 
+    def on_upgrade_data(self, data: bytes) -> None:
+        assert isinstance(data, bytes) and data
+        self.events.append(["upgrade-data", data])
+
 
 Outcome = tuple[tuple[Any, ...], "int | None"]
 
@@ -478,7 +482,15 @@ def test_corpus_whole_and_bytewise(case: Case) -> None:
     _check_expectations(case, whole)
     # One byte at a time: the hardest split for both parsers.
     bytewise = assert_same(case.data, range(1, len(case.data)), case.limits)
-    assert bytewise == whole, f"{case.id}: one-byte feeds changed the outcome"
+    assert http_only(bytewise) == http_only(whole), f"{case.id}: one-byte feeds changed the outcome"
+    if case.id == "upgrade":
+        # What followed the head in its own feed goes to the next protocol, on both parsers.
+        assert whole[0][-1] == ("upgrade-data", b"\x81\x05hello")
+
+
+def http_only(outcome: Outcome) -> Outcome:
+    """Without the bytes after an Upgrade head: how many arrive with the head depends on the split."""
+    return tuple(e for e in outcome[0] if e[0] != "upgrade-data"), outcome[1]
 
 
 @SETTINGS
