@@ -332,10 +332,10 @@ class WebSocketCycle(asyncio.Protocol):
                     f"expected 'websocket.accept', 'websocket.close' or a denial response, got {mtype!r}"
                 )
         elif state == DENYING and mtype == "websocket.http.response.body":
-            denial = self.denial
-            assert denial is not None
-            await denial.send({"type": "http.response.body", **_without_type(message)})
-            if denial.state == DONE:
+            streaming = self.denial
+            assert streaming is not None
+            await streaming.send({"type": "http.response.body", **_without_type(message)})
+            if streaming.state == DONE:
                 self.state = CLOSED
         elif mtype == "websocket.close" and state == CLOSED:
             pass  # closing twice is harmless
@@ -443,9 +443,9 @@ class WebSocketCycle(asyncio.Protocol):
                             self._invalid_utf8()
                             return
                     else:
-                        decoder = self.decoder = codecs.getincrementaldecoder("utf-8")()
+                        self.decoder = utf8 = codecs.getincrementaldecoder("utf-8")()
                         self.fragments = []
-                        if not self._decode(decoder, data, False):
+                        if not self._decode(utf8, data, False):
                             return
                         continue
                 elif opcode is _BINARY:
