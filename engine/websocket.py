@@ -35,6 +35,15 @@ else:
     _TEXT, _BINARY, _CONT, _CLOSE, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE, Opcode.PONG
     _OPEN_STATE = State.OPEN
 
+    class _ServerProtocol(ServerProtocol):
+        def recv_frame(self, frame: Any) -> None:
+            if frame.opcode is _CLOSE:
+                # RFC 6455 §5.4/§5.5: a close frame may come between the fragments of a message;
+                # the unfinished message is dropped and the close is clean (Autobahn case 7.1.5).
+                # websockets would fail the connection with 1002 instead.
+                self.current_size = None
+            super().recv_frame(frame)
+
 if TYPE_CHECKING:
     from polycorn.config import Config
     from polycorn.connection import HttpConnection
@@ -199,7 +208,7 @@ class WebSocketCycle(asyncio.Protocol):
             # RFC 6455 §4.4: name the version we speak; RFC 9110 §15.5.22: 426 carries Upgrade.
             raise ProtocolError(426, f"unsupported WebSocket version {escape(repr(versions))}", _UPGRADE_REQUIRED)
         # The protocol starts OPEN: the request was parsed already, only accept() is needed of it.
-        protocol = ServerProtocol(extensions=settings.extensions, state=_OPEN_STATE, max_size=settings.max_size)
+        protocol = _ServerProtocol(extensions=settings.extensions, state=_OPEN_STATE, max_size=settings.max_size)
         request = Request(
             path=target.decode("latin-1"),
             headers=Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]),
@@ -480,6 +489,8 @@ class WebSocketCycle(asyncio.Protocol):
                     self.reading_paused = True
                     self.transport.pause_reading()
             elif opcode is _CLOSE:
+                self.fragments = None
+                self.decoder = None
                 close = self.protocol.close_rcvd
                 if close is not None:
                     self.close_code, self.close_reason = int(close.code), close.reason
