@@ -22,6 +22,7 @@ from polycorn.importer import load_app
 from polycorn.lifespan import Lifespan
 from polycorn.logs import configure_logging
 from polycorn.loops import eventloop, sockets
+from polycorn.loops.acceptor import Acceptor
 from polycorn.loops.coordination import LoopCoordinator
 from polycorn.service import HttpService
 from polycorn.version import __version__
@@ -182,18 +183,23 @@ class Server:
     async def _accept(self, on: bool) -> None:
         """Start or stop accepting on every listening socket.
 
-        Each asyncio server gets a duplicate of the socket, so stopping closes only the duplicate:
-        the listening socket, and the connections queued in its backlog, stay.
+        Stopping leaves the listening socket, and the connections queued in its backlog, alone:
+        a uvloop server gets a duplicate of the socket to close; on a selector loop an
+        :class:`Acceptor` just stops watching it.
         """
         assert self.service is not None
+        if on and self._exit_requested:
+            return  # a resume scheduled just before shutdown began
         self._accepting_wanted = on
         if on and not self._listeners:
             loop = asyncio.get_running_loop()
+            factory = self.service.protocol_factory
             for sock in self.bound:
-                srv = await loop.create_server(
-                    self.service.protocol_factory, sock=sock.dup(), backlog=self.config.backlog
-                )
-                if not self._accepting_wanted:  # stopped (shutdown, saturation) while starting
+                if isinstance(loop, asyncio.SelectorEventLoop):
+                    self._listeners.append(Acceptor(loop, sock, factory, self.config.backlog))
+                    continue
+                srv = await loop.create_server(factory, sock=sock.dup(), backlog=self.config.backlog)
+                if not self._accepting_wanted or self._exit_requested:  # stopped while starting
                     srv.close()
                     break
                 self._listeners.append(srv)
@@ -204,8 +210,11 @@ class Server:
 
     def _set_accepting(self, on: bool) -> None:
         """Backpressure (--limit-concurrency-mode queue): the kernel backlog holds new clients."""
+        if self._exit_requested:
+            return  # shutting down: accepting never resumes (serve() stops it)
         if self.started and self._accepting_wanted != on and self.service is not None and self.service.accepting:
             logger.debug("at --limit-concurrency: %s accepting", "resuming" if on else "pausing")
+            self._accepting_wanted = on  # now, not when the task runs: a later decision wins
             task = asyncio.get_running_loop().create_task(self._accept(on))
             self._background = task  # keep a reference until it is done
 

@@ -144,3 +144,26 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+async def identity_echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """For subprocess servers: a session first says which process serves it (``pid N``), then
+    echoes; a plain HTTP request gets ``pid N`` too."""
+    if scope["type"] == "lifespan":
+        return
+    me = f"pid {os.getpid()}"
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": me.encode()})
+        return
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": me})
+    while True:
+        event = await receive()
+        if event["type"] == "websocket.disconnect":
+            return
+        if event.get("text") is not None:
+            await send({"type": "websocket.send", "text": event["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": event["bytes"]})
