@@ -44,6 +44,7 @@ else:
                 self.current_size = None
             super().recv_frame(frame)
 
+
 if TYPE_CHECKING:
     from polycorn.config import Config
     from polycorn.connection import HttpConnection
