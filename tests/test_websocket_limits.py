@@ -491,11 +491,14 @@ _READY = re.compile(r"worker (\d+) ready: pid (\d+)")
 
 @contextlib.contextmanager
 def supervised(*extra: str, workers: int = 2) -> Iterator[tuple[Child, str]]:
-    """``polycorn --workers N`` serving tests.ws_apps:identity_echo_app; its ws:// address."""
+    """``polycorn --workers N`` (processes: the tests tell workers apart by pid) serving
+    tests.ws_apps:identity_echo_app; its ws:// address."""
     child = polycorn(
         "tests.ws_apps:identity_echo_app",
         "--app-dir",
         ROOT,
+        "--worker-mode",
+        "process",
         "--workers",
         str(workers),
         "--port",
@@ -556,6 +559,21 @@ def test_sighup_rolling_restart_closes_websockets_1012_and_the_client_reconnects
             assert again.recv(timeout=5) == "after"
         assert "died" not in child.output
         assert child.proc.poll() is None
+
+
+def test_rolling_restart_of_thread_workers_closes_websockets_1012() -> None:
+    """Thread workers are told "restart" by a direct call instead of SIGUSR2: same close code."""
+    with supervised("--worker-mode", "thread") as (child, url):
+        with open_session(url) as (ws, _):
+            ws.send("before")
+            assert ws.recv(timeout=5) == "before"
+            child.send_signal(signal.SIGHUP)
+            closed = closed_by_server(ws, timeout=30)
+        assert closed.rcvd is not None and closed.rcvd.code == 1012, child.output
+        wait_count(child, " ready: pid ", 4)  # both replacements
+        with open_session(url) as (again, _):
+            again.send("after")
+            assert again.recv(timeout=5) == "after"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
