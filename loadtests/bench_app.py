@@ -10,6 +10,8 @@ Raw ASGI (no framework) so that the numbers measure the servers, not a router:
   header (``pid=1234 tid=1234``; ``tid`` is the thread's native id), so a client can tell which
   worker answered
 * anything else  -> 404
+* any WebSocket path (scope type ``websocket``; ``loadtests/bench_ws.py``) -> accepted, then every
+  message echoed back as it came (text as text, bytes as bytes) until the client disconnects
 """
 
 from __future__ import annotations
@@ -36,6 +38,22 @@ def burn(loops: int = CPU_LOOPS) -> int:
     return total
 
 
+async def echo(receive: Any, send: Any) -> None:
+    """Accept a WebSocket and echo each message, text as text and bytes as bytes, until it closes."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":  # websocket.disconnect
+            return
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     kind = scope["type"]
     if kind == "lifespan":
@@ -46,6 +64,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if kind == "websocket":
+        await echo(receive, send)
+        return
     if kind != "http":
         return
     path = scope["path"]
