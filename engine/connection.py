@@ -229,15 +229,6 @@ class HttpConnection(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)
         root_path = service.root_path
-        if (
-            switching
-            and upgrade_to is not None
-            and http_version == "1.1"  # RFC 9110 §7.8: an HTTP/1.0 Upgrade is ignored
-            and service.websockets is not None
-            and is_websocket_upgrade(upgrade_to)
-        ):
-            self._websocket(method, target, headers, path, raw_path, query, client, scheme)
-            return
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -254,6 +245,15 @@ class HttpConnection(asyncio.Protocol):
             "state": service.state.copy(),
             "extensions": {"http.response.pathsend": {}},
         }
+        if (
+            switching
+            and upgrade_to is not None
+            and http_version == "1.1"  # RFC 9110 §7.8: an HTTP/1.0 Upgrade is ignored
+            and service.websockets is not None
+            and is_websocket_upgrade(upgrade_to)
+        ):
+            self._websocket(method, target, scope)
+            return
         if not keep_alive:
             self.parser.stop()
         cycle = RequestCycle(
@@ -270,37 +270,16 @@ class HttpConnection(asyncio.Protocol):
             self.pipeline.append(cycle)
             self.pause_reading()
 
-    def _websocket(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        path: str,
-        raw_path: bytes,
-        query: bytes,
-        client: tuple[str, int] | None,
-        scheme: str,
-    ) -> None:
-        """An upgrade to WebSocket: the session waits for its turn like any request."""
-        service = self.service
-        root_path = service.root_path
-        scope: dict[str, Any] = {
-            "type": "websocket",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "1.1",
-            "server": self.server,
-            "client": client,
-            "scheme": scheme,
-            "root_path": root_path,
-            "path": root_path + path if root_path else path,
-            "raw_path": service.root_path_bytes + raw_path if root_path else raw_path,
-            "query_string": query,
-            "headers": headers,
-            "state": service.state.copy(),
-            "extensions": {"websocket.http.response": {}},
-        }
+    def _websocket(self, method: bytes, target: bytes, scope: dict[str, Any]) -> None:
+        """An upgrade to WebSocket: the session waits for its turn like any request.
+
+        Its scope is the HTTP scope but for these keys (the WebSocket scope has no method).
+        """
+        scope["type"] = "websocket"
+        del scope["method"]
+        scope["extensions"] = {"websocket.http.response": {}}
         self.parser.stop()
-        cycle = self.upgrade = WebSocketCycle.upgrade(self, method, target, headers, scope)
+        cycle = self.upgrade = WebSocketCycle.upgrade(self, method, target, scope)
         self.pause_reading()  # frames stay in the kernel until the app accepts
         self.parsing = cycle
         if self.active is None:

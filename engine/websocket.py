@@ -197,10 +197,10 @@ class WebSocketCycle(asyncio.Protocol):
         conn: HttpConnection,
         method: bytes,
         target: bytes,
-        headers: list[tuple[bytes, bytes]],
         scope: dict[str, Any],
     ) -> WebSocketCycle:
         """Check an upgrade request (RFC 6455 §4.2.1) and make its session; ProtocolError if invalid."""
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
         settings: WebSocketSettings = conn.service.websockets  # type: ignore[assignment]
         if method != b"GET":
             raise ProtocolError(400, "WebSocket upgrade with a method other than GET")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import os
 import re
 import signal
 import socket
@@ -38,7 +37,7 @@ from tests.http_apps import (  # noqa: F401 (close_test_sockets: an autouse fixt
     wait_for,
     wait_thread_event,
 )
-from tests.ws_apps import RawClient, Recorder, echo_app, handshake_request
+from tests.ws_apps import RawClient, Recorder, echo_app, frame, handshake_request
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 PING, PONG, CLOSE, TEXT, BINARY, CONT = 0x9, 0xA, 0x8, 0x1, 0x2, 0x0
@@ -76,21 +75,6 @@ def session_of(srv: RunningServer) -> WebSocketCycle:
         return found[0] if found else None
 
     return wait_for(lambda: on_loop(srv, find))
-
-
-def masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    """ws_apps.frame() for big payloads: masks with one integer XOR instead of byte by byte."""
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-    return head + mask + (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
 
 
 def numbered(i: int, size: int) -> bytes:
@@ -234,10 +218,10 @@ def test_ws_max_size_counts_every_fragment_of_a_message(serve: Any, raw: Any) ->
     srv = serve(echo_app(), ws_max_size=1000, ws_per_message_deflate=False)
     client = raw(srv.port)
     assert client.status == 101
-    client.sock.sendall(masked(BINARY, b"a" * 500, fin=False) + masked(CONT, b"b" * 500))
+    client.sock.sendall(frame(BINARY, b"a" * 500, fin=False) + frame(CONT, b"b" * 500))
     assert client.recv_frame() == (BINARY, b"a" * 500 + b"b" * 500)  # exactly at the limit
-    client.sock.sendall(masked(BINARY, b"a" * 400, fin=False) + masked(CONT, b"b" * 400, fin=False))
-    client.sock.sendall(masked(CONT, b"c" * 400))
+    client.sock.sendall(frame(BINARY, b"a" * 400, fin=False) + frame(CONT, b"b" * 400, fin=False))
+    client.sock.sendall(frame(CONT, b"c" * 400))
     opcode, payload = client.recv_frame()
     assert opcode == CLOSE and client.close_code(payload) == 1009
     assert client.closed()  # a server that fails the connection closes TCP at once
@@ -281,7 +265,7 @@ def test_reading_pauses_at_ws_max_queue_and_nothing_is_lost(serve: Any, raw: Any
         try:
             client.sock.settimeout(60)
             for i in range(count):
-                client.sock.sendall(masked(BINARY, numbered(i, size)))
+                client.sock.sendall(frame(BINARY, numbered(i, size)))
                 sent[0] = i + 1
         except BaseException as exc:
             errors.append(exc)
@@ -650,7 +634,7 @@ def test_open_websocket_holds_the_only_slot_in_queue_mode(serve: Any, stack: dic
     assert read_response(plain)[:3:2] == (200, b"plain http")
     upgrade.settimeout(5)
     assert read_response(upgrade, head_only=True)[0] == 101
-    upgrade.sendall(masked(CLOSE, struct.pack("!H", 1000)))
+    upgrade.sendall(frame(CLOSE, struct.pack("!H", 1000)))
     # The server echoes the close, then closes TCP: the session ended and the slot is free.
     assert recv_all(upgrade) == b"\x88\x02" + struct.pack("!H", 1000)
     # ... and accepting resumed: a new connection is served.
@@ -713,7 +697,7 @@ def test_shutdown_as_the_last_session_ends_does_not_resume_accepting(serve: Any,
         wait_for(lambda: on_loop(srv, lambda: srv.server.service.saturated))
     status, _, _ = read_response(queued, head_only=True)
     assert status == 101
-    queued.sendall(masked(TEXT, b"exit"))
+    queued.sendall(frame(TEXT, b"exit"))
     queued.settimeout(5)
     close = conftest._pushback.pop(queued.fileno(), b"")
     while len(close) < 4:
@@ -727,7 +711,7 @@ def test_shutdown_as_the_last_session_ends_does_not_resume_accepting(serve: Any,
     finally:
         # Whatever happened, no listener is left open to outlive this test (and warn in another).
         on_loop(srv, lambda: [listener.close() for listener in srv.server._listeners])
-        queued.sendall(masked(CLOSE, close[2:]))  # the closing handshake is complete
+        queued.sendall(frame(CLOSE, close[2:]))  # the closing handshake is complete
     srv._thread.join(10)
     assert not srv._thread.is_alive(), "the server did not stop"
     assert srv.error is None

@@ -79,18 +79,18 @@ def handshake_request(path: str = "/ws", extra: bytes = b"", version: bytes = b"
 
 
 def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    """A masked client frame (RFC 6455 §5.2)."""
+    """A masked client frame (RFC 6455 §5.2); the mask is applied as one big-integer XOR."""
     mask = os.urandom(4)
-    head = bytes([(0x80 if fin else 0) | opcode])
     n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
     if n < 126:
         head += bytes([0x80 | n])
     elif n < 65536:
         head += bytes([0x80 | 126]) + struct.pack("!H", n)
     else:
         head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return head + mask + (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
 
 
 class RawClient:
