@@ -103,7 +103,8 @@ def free_port() -> int:
 
 def find_wstest(option: str | None) -> str | None:
     if option:
-        return option if Path(option).is_file() and os.access(option, os.X_OK) else None
+        # Absolute: wstest runs in the report directory.
+        return str(Path(option).resolve()) if Path(option).is_file() and os.access(option, os.X_OK) else None
     if DEFAULT_WSTEST.is_file():
         return str(DEFAULT_WSTEST)
     return shutil.which("wstest")
