@@ -1,22 +1,34 @@
 #!/usr/bin/env python3
-"""Throughput and latency of Polycorn next to uvicorn and granian, measured with wrk.
+"""Throughput and latency of Polycorn next to uvicorn, granian and hypercorn, measured with wrk.
 
 One command::
 
     python loadtests/bench.py --rounds 3 --duration 8 --connections 64 \\
-        --scenarios get,json --servers polycorn,uvicorn,granian --json out.json
+        --scenarios get,json,big,upload,stream,close --servers polycorn,uvicorn,granian,hypercorn --json out.json
 
-Every server runs the same raw-ASGI app (``loadtests/bench_app.py``) with one worker and no
-access log, pinned to one CPU (``taskset -c 0``); wrk runs pinned to another (``taskset -c 1``)
-with one thread. Servers are interleaved over the rounds (the order rotates every round) so that
-a slow drift of the machine does not favour whichever server runs first. Each measurement is
-preceded by a short unrecorded warm-up.
+Scenarios (routes of ``loadtests/bench_app.py``): ``get`` (``GET /``, 13 bytes), ``json`` (``GET
+/json``, a small object), ``big`` (``GET /big``, 100 KiB), ``upload`` (``POST /upload``, a 64 KiB
+body the app reads fully; wrk posts it from a generated Lua script), ``stream`` (``GET /stream``,
+10 chunks of 1 KiB sent with ``more_body=True``, chunked encoding) and ``close`` (``GET /`` with
+``Connection: close``: a new TCP connection per request). Servers that are not installed are skipped.
 
-Per run it records req/s, p50 and p99 latency, socket errors and non-2xx answers, the CPU
-the server and wrk used during the run (wrk near 100 % of its core means the *load generator* is
-the bottleneck and the numbers understate the server), the server's peak RSS (process tree) and
-the 1-minute load average before and after. The summary shows medians over rounds and each
-server's ratio to uvicorn. See docs/benchmarks.md for how to read the numbers.
+Every server runs the same raw-ASGI app with one worker and no access log, pinned to one CPU
+(``taskset -c 0``); wrk runs pinned to another (``taskset -c 1``) with one thread. Servers are
+interleaved over the rounds (the order rotates every round) so that a slow drift of the machine
+does not favour whichever server runs first. Each measurement is preceded by a short unrecorded
+warm-up.
+
+Per run it records req/s, p50 and p99 latency, wrk's socket errors (by kind) and non-2xx answers,
+the CPU the server and wrk used during the run (wrk near 100 % of its core means the *load
+generator* is the bottleneck and the numbers understate the server), the server's peak RSS during
+the run (process tree) and the 1-minute load average before and after. The summary shows medians
+over rounds, each server's ratio to uvicorn, and flags rows with errors. See docs/benchmarks.md for
+how to read the numbers.
+
+The helpers are public for the sibling scripts (bench_ws.py, bench_workers.py): the command
+builders ``polycorn_command`` & co. (``extra`` arguments appended), ``running_server`` (any command
+builder), ``stop``, ``run_wrk``, ``parse_wrk``, ``ServerProbe``, ``fmt``, ``loadavg``, ``machine``
+(wrk optional).
 
 Linux only (wrk, taskset, /proc). Needs wrk: ``apt-get install wrk`` (Debian/Ubuntu),
 ``dnf install wrk`` (Fedora) or ``brew install wrk``.
@@ -26,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -41,52 +54,128 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 HERE = Path(__file__).resolve().parent
 APP = "bench_app:app"
 
-#: scenario name -> request path (both routes live in loadtests/bench_app.py).
-SCENARIOS: dict[str, str] = {"get": "/", "json": "/json"}
-
 #: The server every other one is compared with.
 BASELINE = "uvicorn"
 
+#: A command line for a port: what ``running_server`` starts.
+CommandBuilder = Callable[[int], list[str]]
 
-def _polycorn(port: int) -> list[str]:
+
+# --------------------------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of request, all routes of loadtests/bench_app.py.
+
+    ``wrk_args`` are added to wrk's command line; ``lua``, when set, is a wrk script (``-s``),
+    written to a temporary file by ``wrk_arguments``.
+    """
+
+    path: str
+    description: str
+    wrk_args: tuple[str, ...] = ()
+    lua: str | None = None
+
+
+#: wrk sends GET without a body; a script makes it POST 64 KiB.
+UPLOAD_LUA = """\
+wrk.method = "POST"
+wrk.body = string.rep("x", 65536)
+wrk.headers["Content-Type"] = "application/octet-stream"
+"""
+
+#: scenario name -> what to request.
+SCENARIOS: dict[str, Scenario] = {
+    "get": Scenario("/", "GET /, 13-byte text body, keep-alive"),
+    "json": Scenario("/json", "GET /json, small JSON object serialised per request"),
+    "big": Scenario("/big", "GET /big, 100 KiB body with Content-Length"),
+    "upload": Scenario("/upload", "POST /upload, 64 KiB body the app reads fully", lua=UPLOAD_LUA),
+    "stream": Scenario("/stream", "GET /stream, 10 x 1 KiB chunks (more_body=True), chunked encoding"),
+    "close": Scenario("/", "GET / with Connection: close, a new connection per request", ("-H", "Connection: close")),
+}
+
+#: The scenarios run when --scenarios is not given.
+DEFAULT_SCENARIOS = list(SCENARIOS)
+
+
+def wrk_arguments(scenario: Scenario, workdir: Path) -> list[str]:
+    """wrk options for ``scenario``; a Lua script, if any, is written under ``workdir``."""
+    argv = list(scenario.wrk_args)
+    if scenario.lua is not None:
+        script = workdir / f"scenario-{hashlib.sha1(scenario.lua.encode()).hexdigest()[:12]}.lua"
+        if not script.exists():
+            script.write_text(scenario.lua)
+        argv += ["-s", str(script)]
+    return argv
+
+
+# --------------------------------------------------------------------------------------------
+# Servers
+# --------------------------------------------------------------------------------------------
+def polycorn_command(port: int, extra: Sequence[str] = ()) -> list[str]:
+    """``python -m polycorn`` on ``bench_app:app``, one worker, no access log; ``extra`` appended."""
     return [
         sys.executable, "-m", "polycorn", APP, "--app-dir", str(HERE),
         "--host", "127.0.0.1", "--port", str(port),
-        "--no-access-log", "--log-level", "warning",
+        "--no-access-log", "--log-level", "warning", *extra,
     ]  # fmt: skip
 
 
-def _uvicorn(port: int) -> list[str]:
+def uvicorn_command(port: int, extra: Sequence[str] = ()) -> list[str]:
+    """uvicorn, one worker, uvloop and httptools, no access log; ``extra`` appended."""
     return [
         sys.executable, "-m", "uvicorn", APP, "--app-dir", str(HERE),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--loop", "uvloop", "--http", "httptools",
-        "--no-access-log", "--log-level", "warning",
+        "--no-access-log", "--log-level", "warning", *extra,
     ]  # fmt: skip
 
 
-def _granian(port: int) -> list[str]:
+def granian_command(port: int, extra: Sequence[str] = (), *, websockets: bool = False) -> list[str]:
+    """granian ASGI, one worker, no access log, WebSocket off unless ``websockets``; ``extra`` before the app."""
     return [
         sys.executable, "-m", "granian", "--interface", "asgi", "--working-dir", str(HERE),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--no-ws",
-        "--no-access-log", "--log-level", "warning", APP,
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--ws" if websockets else "--no-ws",
+        "--no-access-log", "--log-level", "warning", *extra, APP,
     ]  # fmt: skip
 
 
-#: server name -> (importable module that must be installed, command line for a port).
-SERVERS: dict[str, tuple[str, Callable[[int], list[str]]]] = {
-    "polycorn": ("polycorn", _polycorn),
-    "uvicorn": ("uvicorn", _uvicorn),
-    "granian": ("granian", _granian),
+def hypercorn_command(port: int, extra: Sequence[str] = ()) -> list[str]:
+    """hypercorn, one worker on uvloop (no access log unless asked for); ``extra`` before the app."""
+    return [
+        sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+        "--worker-class", "uvloop", "--log-level", "warning", *extra, APP,
+    ]  # fmt: skip
+
+
+class ServerSpec(NamedTuple):
+    """A server: the module that must be importable for it to run, and its command line for a port."""
+
+    module: str
+    command: CommandBuilder
+
+
+#: server name -> how to start it (bench_app:app, one worker, no access log).
+SERVERS: dict[str, ServerSpec] = {
+    "polycorn": ServerSpec("polycorn", polycorn_command),
+    "uvicorn": ServerSpec("uvicorn", uvicorn_command),
+    "granian": ServerSpec("granian", granian_command),
+    "hypercorn": ServerSpec("hypercorn", hypercorn_command),
 }
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,12 +192,16 @@ class Run:
     requests: int
     socket_errors: int
     non_2xx: int
+    #: socket errors by kind, as wrk reports them: connect, read, write, timeout.
+    error_kinds: dict[str, int]
     wrk_cpu_pct: float
     server_cpu_pct: float | None
     loadavg_before: float
     idle_busy_pct: float | None
     loadavg_after: float
     wrk_exit: int
+    #: the server's peak RSS during this measurement (the high-water mark is reset before it).
+    peak_rss_mib: float | None = None
 
 
 @dataclass
@@ -144,6 +237,17 @@ def parse_wrk(output: str) -> dict[str, Any]:
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     result["non_2xx"] = int(m.group(1)) if m else 0
     return result
+
+
+def parse_wrk_errors(output: str) -> dict[str, int]:
+    """wrk's socket errors by kind: ``{"connect": .., "read": .., "write": .., "timeout": ..}``.
+
+    ``timeout`` counts requests that got no answer within wrk's timeout (2 s by default), not
+    connections; ``read`` includes connections the server closed before a complete response.
+    """
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    values = [int(g) for g in m.groups()] if m else [0, 0, 0, 0]
+    return dict(zip(("connect", "read", "write", "timeout"), values, strict=True))
 
 
 def _children() -> dict[int, list[int]]:
@@ -240,6 +344,23 @@ class ServerProbe:
             return None
         return _proc_cpu_seconds(process_tree(self.pid))
 
+    def reset_peak(self) -> None:
+        """Start a new peak: the sampled one, or the kernel's VmHWM (``clear_refs``, Linux >= 4.0)."""
+        if self._psutil is not None:
+            self.peak_mib = None
+            return
+        for pid in process_tree(self.pid):
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+    def peak(self) -> float | None:
+        """Peak RSS in MiB since the start or the last ``reset_peak``, the server still running."""
+        if self._psutil is not None:
+            return self.peak_mib
+        if not os.path.isdir("/proc"):
+            return None
+        return _proc_hwm_mib(process_tree(self.pid))
+
     def finish(self) -> float | None:
         """Peak RSS in MiB; call while the server still runs."""
         if self._psutil is not None:
@@ -273,14 +394,30 @@ def _answers(port: int) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def running_server(name: str, cpu: str | None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_port()
-    argv = pinned(cpu, SERVERS[name][1](port))
+def server_env() -> dict[str, str]:
+    """The environment servers run in: bench_app importable, no WEB_CONCURRENCY."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
     env.pop("WEB_CONCURRENCY", None)  # uvicorn would read it as --workers
+    return env
+
+
+@contextlib.contextmanager
+def running_server(
+    name: str, cpu: str | None, command: CommandBuilder | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Start a server on a free port, wait until it answers ``GET /``, yield (process, port), stop it.
+
+    ``command`` builds its command line for a port; without it, ``SERVERS[name].command``. ``name``
+    only labels errors then. Pinned to ``cpu`` with taskset unless None. RuntimeError (with the
+    server's output) if it does not answer within 30 s.
+    """
+    port = free_port()
+    build = command if command is not None else SERVERS[name].command
+    argv = pinned(cpu, build(port))
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=server_env(), cwd=HERE, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + 30
             while not _answers(port):
@@ -291,10 +428,11 @@ def running_server(name: str, cpu: str | None) -> Iterator[tuple[subprocess.Pope
                 time.sleep(0.1)
             yield proc, port
         finally:
-            _stop(proc)
+            stop(proc)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT, up to 15 s to exit, then SIGKILL to the process group (started with start_new_session)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -307,9 +445,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=5)
 
 
-def run_wrk(url: str, connections: int, duration: float, cpu: str | None, threads: int = 1) -> tuple[str, int, float]:
-    """Run wrk to completion: (output, exit code, wrk CPU % of one core over its run)."""
-    argv = pinned(cpu, ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", url])
+def run_wrk(
+    url: str, connections: int, duration: float, cpu: str | None, threads: int = 1, extra: Sequence[str] = ()
+) -> tuple[str, int, float]:
+    """Run wrk to completion: (output, exit code, wrk CPU % of one core over its run).
+
+    ``extra``: more wrk options (``-H``, ``-s script.lua``; see ``wrk_arguments``).
+    """
+    argv = pinned(cpu, ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", *extra, url])
     with tempfile.TemporaryFile() as out:
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
@@ -359,31 +502,56 @@ def wait_until_quiet(limit: float, threshold: float = 10.0) -> float | None:
         time.sleep(1)
 
 
-def _loadavg() -> float:
+def loadavg() -> float:
+    """The 1-minute load average (NaN where unknown)."""
     try:
         return os.getloadavg()[0]
     except OSError:
         return float("nan")
 
 
-def _fmt(value: float | None, spec: str) -> str:
+def fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``, or ``-`` for None."""
     return "-" if value is None else format(value, spec)
 
 
-def measure(args: argparse.Namespace, rnd: int, name: str, server_cpu: str | None, wrk_cpu: str | None) -> ServerRound:
-    with running_server(name, server_cpu) as (proc, port):
+def run_errors(run: Run) -> int:
+    """Socket errors plus non-2xx/3xx answers of one run."""
+    return run.socket_errors + run.non_2xx
+
+
+def error_rate_pct(errors: int, requests: int) -> float:
+    """Errors as a share of all attempts: wrk's ``requests`` counts completed responses only (non-2xx
+    included), socket errors are counted apart, so an attempt is a response or a socket error."""
+    attempts = requests + errors
+    return 100.0 * errors / attempts if attempts else 0.0
+
+
+def measure(
+    args: argparse.Namespace,
+    rnd: int,
+    name: str,
+    server_cpu: str | None,
+    wrk_cpu: str | None,
+    workdir: Path,
+    command: CommandBuilder | None = None,
+) -> ServerRound:
+    """One round of ``name``: start it, run every scenario of ``args.scenarios`` with wrk, stop it."""
+    with running_server(name, server_cpu, command) as (proc, port):
         probe = ServerProbe(proc.pid)
         result = ServerRound(round=rnd, server=name, peak_rss_mib=None)
         for scenario in args.scenarios:
-            url = f"http://127.0.0.1:{port}{SCENARIOS[scenario]}"
+            url = f"http://127.0.0.1:{port}{SCENARIOS[scenario].path}"
+            extra = wrk_arguments(SCENARIOS[scenario], workdir)
             if args.warmup > 0:
-                run_wrk(url, args.connections, args.warmup, wrk_cpu)
+                run_wrk(url, args.connections, args.warmup, wrk_cpu, extra=extra)
             time.sleep(args.cooldown)
             idle_busy = wait_until_quiet(args.wait_quiet)
-            load_before = _loadavg()
+            load_before = loadavg()
+            probe.reset_peak()
             cpu_before = probe.cpu_seconds()
             started = time.monotonic()
-            output, code, wrk_cpu_pct = run_wrk(url, args.connections, args.duration, wrk_cpu)
+            output, code, wrk_cpu_pct = run_wrk(url, args.connections, args.duration, wrk_cpu, extra=extra)
             wall = time.monotonic() - started
             cpu_after = probe.cpu_seconds()
             server_cpu_pct = None
@@ -396,22 +564,26 @@ def measure(args: argparse.Namespace, rnd: int, name: str, server_cpu: str | Non
                 round=rnd,
                 server=name,
                 scenario=scenario,
+                error_kinds=parse_wrk_errors(output),
                 wrk_cpu_pct=wrk_cpu_pct,
                 server_cpu_pct=server_cpu_pct,
                 loadavg_before=load_before,
                 idle_busy_pct=idle_busy,
-                loadavg_after=_loadavg(),
+                loadavg_after=loadavg(),
                 wrk_exit=code,
+                peak_rss_mib=probe.peak(),
                 **parsed,
             )
             result.runs.append(run)
+            kinds = ", ".join(f"{k} {v}" for k, v in run.error_kinds.items() if v)
             print(
-                f"  round {rnd + 1}  {name:<9} {scenario:<5} {run.requests_per_s:>10,.0f} req/s"
-                f"  p50 {_fmt(run.p50_ms, '.2f')} ms  p99 {_fmt(run.p99_ms, '.2f')} ms"
-                f"  errors {run.socket_errors}/{run.non_2xx}"
-                f"  wrk cpu {run.wrk_cpu_pct:.0f}%  server cpu {_fmt(run.server_cpu_pct, '.0f')}%"
+                f"  round {rnd + 1}  {name:<9} {scenario:<6} {run.requests_per_s:>10,.0f} req/s"
+                f"  p50 {fmt(run.p50_ms, '.2f')} ms  p99 {fmt(run.p99_ms, '.2f')} ms"
+                f"  errors {run.socket_errors}/{run.non_2xx}{f' ({kinds})' if kinds else ''}"
+                f"  wrk cpu {run.wrk_cpu_pct:.0f}%  server cpu {fmt(run.server_cpu_pct, '.0f')}%"
+                f"  rss {fmt(run.peak_rss_mib, '.1f')} MiB"
                 f"  load {run.loadavg_before:.2f}->{run.loadavg_after:.2f}"
-                f"  busy before {_fmt(run.idle_busy_pct, '.0f')}%",
+                f"  busy before {fmt(run.idle_busy_pct, '.0f')}%",
                 flush=True,
             )
         result.peak_rss_mib = probe.finish()
@@ -419,10 +591,11 @@ def measure(args: argparse.Namespace, rnd: int, name: str, server_cpu: str | Non
 
 
 def summarize(results: list[ServerRound], servers: list[str], scenarios: list[str]) -> list[dict[str, Any]]:
+    """One row per scenario and server: medians over rounds, peak RSS, errors, ratio to uvicorn."""
     rows = []
     for scenario in scenarios:
         medians: dict[str, float] = {}
-        scenario_rows = []
+        scenario_rows: list[dict[str, Any]] = []
         for name in servers:
             runs = [r for sr in results if sr.server == name for r in sr.runs if r.scenario == scenario]
             if not runs:
@@ -431,7 +604,13 @@ def summarize(results: list[ServerRound], servers: list[str], scenarios: list[st
             p50 = [r.p50_ms for r in runs if r.p50_ms is not None]
             p99 = [r.p99_ms for r in runs if r.p99_ms is not None]
             server_cpu = [r.server_cpu_pct for r in runs if r.server_cpu_pct is not None]
-            rss = [sr.peak_rss_mib for sr in results if sr.server == name and sr.peak_rss_mib is not None]
+            rss = [r.peak_rss_mib for r in runs if r.peak_rss_mib is not None]
+            if not rss:  # no per-run peak (VmHWM could not be reset): the server's whole life
+                rss = [sr.peak_rss_mib for sr in results if sr.server == name and sr.peak_rss_mib is not None]
+            errors = sum(run_errors(r) for r in runs)
+            requests = sum(r.requests for r in runs)
+            kinds = {k: sum(r.error_kinds[k] for r in runs) for k in runs[0].error_kinds}
+            kinds["non_2xx"] = sum(r.non_2xx for r in runs)
             medians[name] = statistics.median(rps)
             scenario_rows.append(
                 {
@@ -446,7 +625,11 @@ def summarize(results: list[ServerRound], servers: list[str], scenarios: list[st
                     "peak_rss_mib": max(rss) if rss else None,
                     "wrk_cpu_pct": statistics.median(r.wrk_cpu_pct for r in runs),
                     "server_cpu_pct": statistics.median(server_cpu) if server_cpu else None,
-                    "errors": sum(r.socket_errors + r.non_2xx for r in runs),
+                    "requests": requests,
+                    "errors": errors,
+                    "error_kinds": kinds,
+                    "error_pct": error_rate_pct(errors, requests),
+                    "failed": any(r.wrk_exit != 0 or not r.requests_per_s for r in runs),
                 }
             )
         base = medians.get(BASELINE)
@@ -454,6 +637,14 @@ def summarize(results: list[ServerRound], servers: list[str], scenarios: list[st
             row["vs_uvicorn"] = row["requests_per_s"] / base if base else None
         rows.extend(scenario_rows)
     return rows
+
+
+def _errors_cell(row: dict[str, Any]) -> str:
+    if row["failed"]:
+        return f"**FAILED** {row['errors']:,}"
+    if not row["errors"]:
+        return "0"
+    return f"⚠ {row['errors']:,} ({row['error_pct']:.1f} %)"
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -468,14 +659,38 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['scenario']} | {row['server']} | {row['requests_per_s']:,.0f} "
             f"| {row['requests_per_s_min']:,.0f}–{row['requests_per_s_max']:,.0f} "
-            f"| {_fmt(row['p50_ms'], '.2f')} | {_fmt(row['p99_ms'], '.2f')} "
-            f"| {'-' if ratio is None else f'{ratio:.2f}×'} | {_fmt(row['peak_rss_mib'], '.1f')} "
-            f"| {_fmt(row['server_cpu_pct'], '.0f')} % | {row['wrk_cpu_pct']:.0f} % | {row['errors']} |"
+            f"| {fmt(row['p50_ms'], '.2f')} | {fmt(row['p99_ms'], '.2f')} "
+            f"| {'-' if ratio is None else f'{ratio:.2f}×'} | {fmt(row['peak_rss_mib'], '.1f')} "
+            f"| {fmt(row['server_cpu_pct'], '.0f')} % | {row['wrk_cpu_pct']:.0f} % | {_errors_cell(row)} |"
         )
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
+def error_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per flagged row: errors by kind against the responses wrk counted."""
+    notes = []
+    for row in rows:
+        if row["errors"] or row["failed"]:
+            kinds = ", ".join(f"{k} {v:,}" for k, v in row["error_kinds"].items() if v) or "none counted"
+            notes.append(
+                f"{row['server']}/{row['scenario']}: {row['requests']:,} responses, {row['errors']:,} errors"
+                f" ({kinds}){'; wrk failed or got no response' if row['failed'] else ''}"
+            )
+    return notes
+
+
+def wrk_version() -> str | None:
+    """wrk's version line, or None when wrk is not installed."""
+    if shutil.which("wrk") is None:
+        return None
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    first = (wrk.stdout + wrk.stderr).split("\n", 1)[0]
+    return first.removeprefix("wrk ").split(" Copyright")[0].strip()
+
+
+def machine(wrk: bool = True, dists: Sequence[str] = ()) -> dict[str, Any]:
+    """CPUs, system, Python and the versions of the servers (plus ``dists``); wrk's too when ``wrk``
+    and it is installed (a missing wrk is left out, not an error)."""
     cpu_model = platform.processor() or "unknown"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -483,12 +698,11 @@ def machine() -> dict[str, Any]:
                 cpu_model = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for dist in ("polycorn", "uvicorn", "granian", "uvloop", "httptools"):
+    for dist in ("polycorn", "uvicorn", "granian", "hypercorn", "uvloop", "httptools", *dists):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[dist] = importlib.metadata.version(dist)
-    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    first = (wrk.stdout + wrk.stderr).split("\n", 1)[0]
-    versions["wrk"] = first.removeprefix("wrk ").split(" Copyright")[0].strip()
+    if wrk and (version := wrk_version()) is not None:
+        versions["wrk"] = version
     return {
         "cpus": os.cpu_count(),
         "cpu_model": cpu_model,
@@ -498,7 +712,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _csv(choices: dict[str, Any]) -> Callable[[str], list[str]]:
+def csv_choices(choices: dict[str, Any]) -> Callable[[str], list[str]]:
+    """An argparse ``type``: a comma-separated list of keys of ``choices``."""
+
     def parse(text: str) -> list[str]:
         items = [s.strip() for s in text.split(",") if s.strip()]
         unknown = [s for s in items if s not in choices]
@@ -511,7 +727,8 @@ def _csv(choices: dict[str, Any]) -> Callable[[str], list[str]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Benchmark Polycorn against uvicorn and granian with wrk.",
+        description="Benchmark Polycorn against uvicorn, granian and hypercorn with wrk.",
+        epilog="scenarios: " + "; ".join(f"{k}: {v.description}" for k, v in SCENARIOS.items()),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--rounds", type=int, default=3, help="measurements per server and scenario")
@@ -525,8 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cooldown", type=float, default=0.5, help="seconds of rest before each measurement")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (-c)")
-    parser.add_argument("--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS), help="comma-separated")
-    parser.add_argument("--servers", type=_csv(SERVERS), default=list(SERVERS), help="comma-separated")
+    parser.add_argument("--scenarios", type=csv_choices(SCENARIOS), default=DEFAULT_SCENARIOS, help="comma-separated")
+    parser.add_argument("--servers", type=csv_choices(SERVERS), default=list(SERVERS), help="comma-separated")
     parser.add_argument("--server-cpu", default="0", help="CPU list for the server (taskset -c)")
     parser.add_argument("--wrk-cpu", default="1", help="CPU list for wrk (taskset -c)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
@@ -546,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     servers = []
     for name in args.servers:
-        if importlib.util.find_spec(SERVERS[name][0]) is None:
+        if not installed(SERVERS[name].module):
             print(f"skipping {name}: not installed (pip install {name})", file=sys.stderr)
         else:
             servers.append(name)
@@ -573,23 +790,35 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     results: list[ServerRound] = []
-    for rnd in range(args.rounds):
-        shift = rnd % len(servers)
-        for name in servers[shift:] + servers[:shift]:  # rotate the order every round
-            results.append(measure(args, rnd, name, server_cpu, wrk_cpu))
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+        for rnd in range(args.rounds):
+            shift = rnd % len(servers)
+            for name in servers[shift:] + servers[:shift]:  # rotate the order every round
+                try:
+                    results.append(measure(args, rnd, name, server_cpu, wrk_cpu, Path(workdir)))
+                except RuntimeError as exc:  # running_server: the server did not start
+                    print(f"  round {rnd + 1}  {name:<9} {exc}", file=sys.stderr, flush=True)
+                    failures.append(f"round {rnd + 1} {name}: did not start")
 
     rows = summarize(results, servers, args.scenarios)
     print()
     print(render_table(rows))
+    notes = error_notes(rows)
+    if notes or failures:
+        print("\nerrors (wrk's socket errors by kind and non-2xx/3xx answers, against the responses it counted):")
+        for line in notes + failures:
+            print(f"  {line}")
     busy = [r for r in rows if r["wrk_cpu_pct"] >= 90]
     if busy:
         print(
             "\nnote: wrk used >= 90 % of its CPU for "
             + ", ".join(f"{r['server']}/{r['scenario']}" for r in busy)
-            + ": the load generator may be the bottleneck there, so those figures are a lower bound."
+            + ": the load generator may be the bottleneck there, so those figures are a lower bound"
+            " (a server's share of its core, 'server CPU', still compares them)."
         )
     starved = [
-        f"round {r.round + 1} {r.server}/{r.scenario} ({_fmt(r.server_cpu_pct, '.0f')} %)"
+        f"round {r.round + 1} {r.server}/{r.scenario} ({fmt(r.server_cpu_pct, '.0f')} %)"
         for sr in results
         for r in sr.runs
         if r.server_cpu_pct is not None and r.server_cpu_pct < 90 and r.wrk_cpu_pct < 90
@@ -610,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
                 "duration_s": args.duration,
                 "warmup_s": args.warmup,
                 "connections": args.connections,
+                "scenarios": {name: asdict(SCENARIOS[name]) for name in args.scenarios},
                 "server_cpu": server_cpu,
                 "wrk_cpu": wrk_cpu,
             },

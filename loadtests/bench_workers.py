@@ -61,12 +61,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The sibling script, importable once its folder is on sys.path.
 from bench import (
     ServerProbe,
-    _fmt,
-    _loadavg,
-    _stop,
+    fmt,
     free_port,
+    loadavg,
     parse_wrk,
     run_wrk,
+    stop,
     wait_until_quiet,
 )
 
@@ -248,7 +248,7 @@ def running(variant: Variant, python: str) -> Iterator[RunningServer]:
                 time.sleep(1.0)  # uvicorn says nothing when its workers are up: give them a moment
             yield server
         finally:
-            _stop(proc)
+            stop(proc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +329,7 @@ def measure_once(args: argparse.Namespace, rnd: int, server: RunningServer, prob
     if variant.supervised:
         time.sleep(STATS_SETTLE)
         before = server.worker_stats()
-    load_before = _loadavg()
+    load_before = loadavg()
     cpu_before = probe.cpu_seconds()
     machine_before = _cpu_jiffies()
     started = time.monotonic()
@@ -337,7 +337,7 @@ def measure_once(args: argparse.Namespace, rnd: int, server: RunningServer, prob
     wall = time.monotonic() - started
     machine_after = _cpu_jiffies()
     cpu_after = probe.cpu_seconds()
-    load_after = _loadavg()
+    load_after = loadavg()
     per_worker = None
     if before is not None:
         time.sleep(STATS_SETTLE)
@@ -376,10 +376,10 @@ def measure_once(args: argparse.Namespace, rnd: int, server: RunningServer, prob
     served = f"  per worker {_shares(per_worker)} % of {sum(per_worker.values())}" if per_worker else ""
     print(
         f"  round {rnd + 1}  {variant.name:<18} {scenario:<4} {run.requests_per_s:>9,.0f} req/s"
-        f"  p50 {_fmt(run.p50_ms, '.2f')} ms  p99 {_fmt(run.p99_ms, '.2f')} ms"
-        f"  errors {run.socket_errors}/{run.non_2xx}  server cpu {_fmt(server_cpu, '.0f')}%"
-        f"  wrk cpu {wrk_cpu:.0f}%  others {_fmt(others_cpu, '.0f')}%  idle {_fmt(idle_cpu, '.0f')}%"
-        f"  busy before {_fmt(idle_busy, '.0f')}%"
+        f"  p50 {fmt(run.p50_ms, '.2f')} ms  p99 {fmt(run.p99_ms, '.2f')} ms"
+        f"  errors {run.socket_errors}/{run.non_2xx}  server cpu {fmt(server_cpu, '.0f')}%"
+        f"  wrk cpu {wrk_cpu:.0f}%  others {fmt(others_cpu, '.0f')}%  idle {fmt(idle_cpu, '.0f')}%"
+        f"  busy before {fmt(idle_busy, '.0f')}%"
         f"  load {load_before:.2f}->{load_after:.2f}{served}",
         flush=True,
     )
@@ -501,9 +501,9 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['scenario']} | {row['variant']} | {row['requests_per_s']:,.0f} "
             f"| {row['requests_per_s_min']:,.0f}–{row['requests_per_s_max']:,.0f} | {vs1} | {uvi} "
-            f"| {_fmt(row['p50_ms'], '.2f')} | {_fmt(row['p99_ms'], '.2f')} "
-            f"| {_fmt(row['server_cpu_pct'], '.0f')} % | {row['wrk_cpu_pct']:.0f} % "
-            f"| {_fmt(row['others_cpu_pct'], '.0f')} % | {_fmt(row['peak_rss_mib'], '.1f')} | {shares} | {row['errors']} |"
+            f"| {fmt(row['p50_ms'], '.2f')} | {fmt(row['p99_ms'], '.2f')} "
+            f"| {fmt(row['server_cpu_pct'], '.0f')} % | {row['wrk_cpu_pct']:.0f} % "
+            f"| {fmt(row['others_cpu_pct'], '.0f')} % | {fmt(row['peak_rss_mib'], '.1f')} | {shares} | {row['errors']} |"
         )
     return "\n".join(lines)
 
@@ -666,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     if warnings:
         print("\nwarnings and errors the servers logged:\n  " + "\n  ".join(warnings))
     disturbed = [
-        f"round {r.round + 1} {r.variant}/{r.scenario} ({_fmt(r.others_cpu_pct, '.0f')} %)"
+        f"round {r.round + 1} {r.variant}/{r.scenario} ({fmt(r.others_cpu_pct, '.0f')} %)"
         for vr in results
         for r in vr.runs
         if noisy(r, args.noisy_threshold)

@@ -48,7 +48,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -57,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -67,42 +66,45 @@ sys.path.insert(0, str(HERE))
 
 # The sibling script, importable once its folder is on sys.path.
 import bench  # noqa: E402
-from bench import BASELINE, ServerProbe, _csv, _fmt, _loadavg, pinned, running_server, wait_until_quiet  # noqa: E402
+from bench import (  # noqa: E402
+    BASELINE,
+    ServerProbe,
+    ServerSpec,
+    csv_choices,
+    fmt,
+    loadavg,
+    pinned,
+    running_server,
+    wait_until_quiet,
+)
 
 #: Path the clients connect to (bench_app.py echoes on every WebSocket path).
 WS_PATH = "/ws"
-
-#: Name prefix under which the WebSocket variants of bench.py's server commands are registered.
-_KEY = "ws:"
 
 
 # --------------------------------------------------------------------------------------------
 # Servers: bench.py's command lines, adapted for WebSocket
 # --------------------------------------------------------------------------------------------
-def server_commands(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[int], list[str]]]]:
+def server_commands(args: argparse.Namespace) -> dict[str, ServerSpec]:
     """server name -> (module that must be installed, command line for a port)."""
     polycorn_extra = shlex.split(args.polycorn_args)
     uvicorn_extra = ["--ws", args.uvicorn_ws, *shlex.split(args.uvicorn_args)]
     granian_extra = shlex.split(args.granian_args)
 
     def polycorn(port: int) -> list[str]:
-        return [*bench._polycorn(port), *polycorn_extra]
+        return bench.polycorn_command(port, polycorn_extra)
 
     def uvicorn(port: int) -> list[str]:
-        return [*bench._uvicorn(port), *uvicorn_extra]
+        return bench.uvicorn_command(port, uvicorn_extra)
 
     def granian(port: int) -> list[str]:
-        # bench.py turns WebSocket off for granian; the app stays the last argument.
-        argv = ["--ws" if a == "--no-ws" else a for a in bench._granian(port)]
-        return [*argv[:-1], *granian_extra, argv[-1]]
+        return bench.granian_command(port, granian_extra, websockets=True)
 
-    return {"polycorn": ("polycorn", polycorn), "uvicorn": ("uvicorn", uvicorn), "granian": ("granian", granian)}
-
-
-def register(commands: dict[str, tuple[str, Callable[[int], list[str]]]]) -> None:
-    """Make ``bench.running_server`` start these commands: it looks a name up in ``bench.SERVERS``."""
-    for name, entry in commands.items():
-        bench.SERVERS[_KEY + name] = entry
+    return {
+        "polycorn": ServerSpec("polycorn", polycorn),
+        "uvicorn": ServerSpec("uvicorn", uvicorn),
+        "granian": ServerSpec("granian", granian),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,19 +454,24 @@ def _sleep_until(instant: float) -> None:
 
 
 def measure(
-    args: argparse.Namespace, rnd: int, name: str, server_cpu: str | None, client_cpus: list[str | None]
+    args: argparse.Namespace,
+    rnd: int,
+    name: str,
+    server_cpu: str | None,
+    client_cpus: list[str | None],
+    command: bench.CommandBuilder,
 ) -> WsRun:
     server_cores = None if server_cpu is None else cpu_set(server_cpu)
     client_cores = None if None in client_cpus else set().union(*(cpu_set(c) for c in client_cpus if c is not None))
     run = WsRun(round=rnd, server=name)
-    with running_server(_KEY + name, server_cpu) as (proc, port):
+    with running_server(name, server_cpu, command) as (proc, port):
         probe = ServerProbe(proc.pid)
         url = f"ws://127.0.0.1:{port}{WS_PATH}"
         run.error, run.extensions = check_echo(url, args.compression, args.open_timeout)
         if run.error is None:
             time.sleep(args.cooldown)
             run.idle_busy_pct = wait_until_quiet(args.wait_quiet)
-            run.loadavg_before = _loadavg()
+            run.loadavg_before = loadavg()
             with tempfile.TemporaryDirectory(prefix="bench_ws-") as tmp:
                 clients = Clients(args, url, client_cpus, Path(tmp))
                 try:
@@ -486,20 +493,20 @@ def measure(
                         run.other_cpu_pct = others_cpu_pct(times_before, times_after, args.duration, ours)
                 finally:
                     clients.close()
-            run.loadavg_after = _loadavg()
+            run.loadavg_after = loadavg()
         run.peak_rss_mib = probe.finish()
     if run.error is not None:
         print(f"  round {rnd + 1}  {name:<9} {run.error}", flush=True)
     else:
         print(
             f"  round {rnd + 1}  {name:<9} {run.messages_per_s:>10,.0f} msg/s"
-            f"  p50 {_fmt(run.p50_ms, '.2f')} ms  p99 {_fmt(run.p99_ms, '.2f')} ms"
+            f"  p50 {fmt(run.p50_ms, '.2f')} ms  p99 {fmt(run.p99_ms, '.2f')} ms"
             f"  mismatches {run.mismatches}  closed {run.closed_connections}"
-            f"  server cpu {_fmt(run.server_cpu_pct, '.0f')}% (core {_fmt(run.server_core_pct, '.0f')}%)"
-            f"  client cpu {_fmt(run.client_cpu_pct, '.0f')}% (core {_fmt(run.client_core_pct, '.0f')}%)"
-            f"  others {_fmt(run.other_cpu_pct, '.0f')}%  rss {_fmt(run.peak_rss_mib, '.1f')} MiB"
-            f"  load {_fmt(run.loadavg_before, '.2f')}->{_fmt(run.loadavg_after, '.2f')}"
-            f"  busy before {_fmt(run.idle_busy_pct, '.0f')}%"
+            f"  server cpu {fmt(run.server_cpu_pct, '.0f')}% (core {fmt(run.server_core_pct, '.0f')}%)"
+            f"  client cpu {fmt(run.client_cpu_pct, '.0f')}% (core {fmt(run.client_core_pct, '.0f')}%)"
+            f"  others {fmt(run.other_cpu_pct, '.0f')}%  rss {fmt(run.peak_rss_mib, '.1f')} MiB"
+            f"  load {fmt(run.loadavg_before, '.2f')}->{fmt(run.loadavg_after, '.2f')}"
+            f"  busy before {fmt(run.idle_busy_pct, '.0f')}%"
             + (f"  extensions: {run.extensions or 'none'}" if args.compression else ""),
             flush=True,
         )
@@ -577,8 +584,8 @@ def summarize(runs: list[WsRun], servers: list[str]) -> list[dict[str, Any]]:
     for row in rows:
         median = row.get("messages_per_s")
         row["vs_uvicorn"] = median / base if median is not None and base else None
-        per_core = row.get("messages_per_core_s")
-        row["per_core_vs_uvicorn"] = per_core / base_core if per_core is not None and base_core else None
+        core_rate = row.get("messages_per_core_s")
+        row["per_core_vs_uvicorn"] = core_rate / base_core if core_rate is not None and base_core else None
     return rows
 
 
@@ -594,7 +601,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         failed = f"{row['failed_rounds']}" + (f" ({row['error']})" if row["error"] else "")
         if row.get("messages_per_s") is None:
             lines.append(
-                f"| {row['server']} | - | - | - | - | - | - | - | {_fmt(row['peak_rss_mib'], '.1f')} "
+                f"| {row['server']} | - | - | - | - | - | - | - | {fmt(row['peak_rss_mib'], '.1f')} "
                 f"| - | - | - | - | {failed} |"
             )
             continue
@@ -602,12 +609,12 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['server']} | {row['messages_per_s']:,.0f} "
             f"| {row['messages_per_s_min']:,.0f}–{row['messages_per_s_max']:,.0f} "
-            f"| {_fmt(row['p50_ms'], '.2f')} | {_fmt(row['p99_ms'], '.2f')} "
-            f"| {'-' if ratio is None else f'{ratio:.2f}×'} | {_fmt(row['messages_per_core_s'], ',.0f')} "
-            f"| {_fmt(row['per_core_vs_uvicorn'], '.2f')}× | {_fmt(row['peak_rss_mib'], '.1f')} "
-            f"| {_fmt(row['server_cpu_pct'], '.0f')} / {_fmt(row['server_core_pct'], '.0f')} % "
-            f"| {_fmt(row['client_cpu_pct'], '.0f')} / {_fmt(row['client_core_pct'], '.0f')} % "
-            f"| {_fmt(row['other_cpu_pct'], '.0f')} % "
+            f"| {fmt(row['p50_ms'], '.2f')} | {fmt(row['p99_ms'], '.2f')} "
+            f"| {'-' if ratio is None else f'{ratio:.2f}×'} | {fmt(row['messages_per_core_s'], ',.0f')} "
+            f"| {fmt(row['per_core_vs_uvicorn'], '.2f')}× | {fmt(row['peak_rss_mib'], '.1f')} "
+            f"| {fmt(row['server_cpu_pct'], '.0f')} / {fmt(row['server_core_pct'], '.0f')} % "
+            f"| {fmt(row['client_cpu_pct'], '.0f')} / {fmt(row['client_core_pct'], '.0f')} % "
+            f"| {fmt(row['other_cpu_pct'], '.0f')} % "
             f"| {row['mismatches']}/{row['closed_connections']} | {failed} |"
         )
     return "\n".join(lines)
@@ -623,22 +630,8 @@ def cpu_set(cpu_list: str) -> set[int]:
 
 
 def machine_info() -> dict[str, Any]:
-    """bench.machine() without wrk (which it runs, and which this benchmark does not need)."""
-    if shutil.which("wrk") is not None:
-        info = bench.machine()
-        info["versions"].pop("wrk", None)
-    else:
-        info = {
-            "cpus": os.cpu_count(),
-            "cpu_model": platform.processor() or "unknown",
-            "system": f"{platform.system()} {platform.release()}",
-            "python": f"{platform.python_implementation()} {platform.python_version()}",
-            "versions": {},
-        }
-    for dist in ("polycorn", "uvicorn", "granian", "websockets", "uvloop"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            info["versions"][dist] = importlib.metadata.version(dist)
-    return info
+    """bench.machine() without wrk (which this benchmark does not need), with websockets' version."""
+    return bench.machine(wrk=False, dists=("websockets",))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -667,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="client event loop"
     )
     parser.add_argument("--open-timeout", type=float, default=5, help="seconds allowed for a WebSocket handshake")
-    parser.add_argument("--servers", type=_csv(commands), default=list(commands), help="comma-separated")
+    parser.add_argument("--servers", type=csv_choices(commands), default=list(commands), help="comma-separated")
     parser.add_argument("--server-cpu", default="0", help="CPU list for the server (taskset -c)")
     parser.add_argument(
         "--client-cpu",
@@ -699,10 +692,9 @@ def main(argv: list[str] | None = None) -> int:
         print("need --clients >= 1 and --connections >= --clients", file=sys.stderr)
         return 2
     commands = server_commands(args)
-    register(commands)
     servers = []
     for name in args.servers:
-        if importlib.util.find_spec(commands[name][0]) is None:
+        if importlib.util.find_spec(commands[name].module) is None:
             print(f"skipping {name}: not installed (pip install {name})", file=sys.stderr)
         else:
             servers.append(name)
@@ -740,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
         shift = rnd % len(servers)
         for name in servers[shift:] + servers[:shift]:  # rotate the order every round
             try:
-                runs.append(measure(args, rnd, name, server_cpu, client_cpus))
+                runs.append(measure(args, rnd, name, server_cpu, client_cpus, commands[name].command))
             except RuntimeError as exc:  # bench.running_server: the server did not start
                 print(f"  round {rnd + 1}  {name:<9} did not start: {exc}", file=sys.stderr, flush=True)
                 runs.append(WsRun(round=rnd, server=name, error="server did not start"))
@@ -763,8 +755,8 @@ def main(argv: list[str] | None = None) -> int:
             " bottleneck there, so those figures are a lower bound (the server's CPU / core shows its headroom)."
         )
     starved = [
-        f"round {r.round + 1} {r.server} (server core {_fmt(r.server_core_pct, '.0f')} %,"
-        f" client core {_fmt(r.client_core_pct, '.0f')} %, others {_fmt(r.other_cpu_pct, '.0f')} %)"
+        f"round {r.round + 1} {r.server} (server core {fmt(r.server_core_pct, '.0f')} %,"
+        f" client core {fmt(r.client_core_pct, '.0f')} %, others {fmt(r.other_cpu_pct, '.0f')} %)"
         for r in runs
         if r.error is None
         and not saturated(r.server_core_pct, r.server_cpu_pct, 100.0)
@@ -793,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
                 "compression": args.compression,
                 "server_cpu": server_cpu,
                 "client_cpus": client_cpus,
-                "servers": {name: commands[name][1](0)[1:] for name in servers},
+                "servers": {name: commands[name].command(0)[1:] for name in servers},
             },
             "summary": rows,
             "runs": [asdict(r) for r in runs],
