@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -40,11 +39,6 @@ _REQUEST_SPECIAL = {
     b"x-forwarded-for": _XFF,
     b"x-forwarded-proto": _XFP,
 }.get
-
-#: Python 3.12+: a request's task runs its first step at once (``eager_start``); an app that answers
-#: without suspending (most small responses) then never waits for a turn of the loop, and its task
-#: is done on return. The task exists from the start, so current_task() and contexts are as usual.
-_EAGER = sys.version_info >= (3, 12)
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}.get
 _FORWARDED_SCHEMES = {b"http": "http", b"https": "https", b"ws": "ws", b"wss": "wss"}.get
@@ -269,7 +263,7 @@ class HttpConnection(asyncio.Protocol):
             cycle.body_done = True
         self.parsing = cycle
         if self.active is None:
-            self._run(cycle, True)
+            self._run(cycle)
         else:
             if self.pipeline is None:
                 self.pipeline = deque()
@@ -313,7 +307,7 @@ class HttpConnection(asyncio.Protocol):
             self.parsing = None
 
     # -- cycles ---------------------------------------------------------------------------------
-    def _run(self, cycle: Cycle, eager: bool = False) -> None:
+    def _run(self, cycle: Cycle) -> None:
         self.active = cycle
         service = self.service
         if not service.admit():
@@ -327,21 +321,11 @@ class HttpConnection(asyncio.Protocol):
             self.pause_reading()
             service.enqueue(self, cycle)
             return
-        self.start(cycle, eager)
+        self.start(cycle)
 
-    def start(self, cycle: Cycle, eager: bool = False) -> None:
-        """Run the app for an admitted request (counted in flight by the service).
-
-        ``eager`` only from the parser's own callback: a request started from another request's
-        end (pipelining, a queue) must not nest app runs in one stack, however many wait.
-        """
-        if eager and _EAGER:
-            task = asyncio.Task(cycle.run(self.service.app), loop=self.loop, eager_start=True)  # type: ignore[call-arg]
-            if task.done():
-                return  # answered in its first step (the cycle already counted it done)
-        else:
-            task = self.loop.create_task(cycle.run(self.service.app))
-        cycle.task = task
+    def start(self, cycle: Cycle) -> None:
+        """Run the app for an admitted request (counted in flight by the service)."""
+        cycle.task = task = self.loop.create_task(cycle.run(self.service.app))
         self.service.tasks.add(task)
 
     def on_response_complete(self, cycle: Cycle, keep_alive: bool) -> None:
