@@ -42,6 +42,10 @@ _RESPONSE_SPECIAL = {
 }.get
 
 _PATHSEND_CHUNK = 256 * 1024
+#: Streamed body parts smaller than this are held back and written together (see ``pending``),
+#: at most this many at a time: 256 KiB at the most per response.
+_COALESCE_BELOW = 16 * 1024
+_COALESCE_PARTS = 16
 
 
 class ClientDisconnected(OSError):
@@ -70,6 +74,7 @@ class RequestCycle:
         "bytes_sent",
         "started_at",
         "task",
+        "pending",
     )
 
     def __init__(
@@ -101,6 +106,9 @@ class RequestCycle:
         self.bytes_sent = 0
         self.started_at = started_at
         self.task: asyncio.Task[None] | None = None
+        #: Body parts of a streamed response not yet written: several ``more_body`` messages sent
+        #: in one step of the app leave in one write (one system call) at the step's end.
+        self.pending: list[bytes] | None = None
 
     # -- fed by the connection ---------------------------------------------------------------
     def feed_body(self, chunk: bytes) -> None:
@@ -152,6 +160,7 @@ class RequestCycle:
             return
         conn = self.conn
         if self.state == BODY:
+            self.flush()  # what the app sent before failing is the client's
             self.state = DONE
             conn.abort_cycle(self)
             return
@@ -323,15 +332,46 @@ class RequestCycle:
             data = head + body if body else head
         else:
             data = body
+        if more_body:
+            if not data:
+                return
+            pending = self.pending
+            if len(data) >= _COALESCE_BELOW:
+                if pending is not None:
+                    self.flush()
+                self.conn.transport.write(data)  # a large part gains nothing from waiting
+            elif pending is None:
+                self.pending = [data]
+                # Written when this step of the app ends (it awaits something, or returns), so a
+                # slow stream (server-sent events, say) is never held back.
+                self.conn.loop.call_soon(self.flush)
+            else:
+                pending.append(data)
+                if len(pending) >= _COALESCE_PARTS:
+                    self.flush()
+            return
+        pending = self.pending
+        if pending:
+            pending.append(data)
+            data = b"".join(pending)
+            self.pending = None
         if data:
             self.conn.transport.write(data)
-        if not more_body:
-            self.state = DONE
-            self.conn.on_response_complete(self, self.keep_alive)
+        self.state = DONE
+        self.conn.on_response_complete(self, self.keep_alive)
+
+    def flush(self) -> None:
+        """Write the streamed body parts held back (see ``pending``)."""
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            if not self.conn.closed:
+                self.conn.transport.write(b"".join(pending))
 
     async def _pathsend(self, path: str) -> None:
         """``http.response.pathsend``: the file goes out with sendfile where the loop can."""
         conn = self.conn
+        self.flush()
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
             if self.state == HEAD:

@@ -715,3 +715,44 @@ def test_app_returning_mid_body_closes(serve: Any, stack: dict[str, str]) -> Non
     assert header_values(headers, "transfer-encoding") == ["chunked"]
     assert rest == b"3\r\nabc\r\n"  # no zero-size chunk: the client can tell the body was cut
     sock.close()
+
+
+def test_streamed_parts_of_one_step_leave_together_and_slow_ones_at_once(serve: Any, stack: dict[str, str]) -> None:
+    """Small body parts sent in one step of the app are written together (one system call);
+    a part followed by a wait is written before the wait, never held back until the next part."""
+    released = threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for i in range(20):  # more than one batch, all in one step
+            await send({"type": "http.response.body", "body": b"%02d," % i, "more_body": True})
+        await send({"type": "http.response.body", "body": b"x" * 20000, "more_body": True})  # a big part
+        await send({"type": "http.response.body", "body": b"wait", "more_body": True})
+        # The client must see everything so far before this request can go on.
+        while not released.is_set():
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b"done"})
+
+    srv = serve(app, **stack)
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    expected = b"".join(b"%02d," % i for i in range(20)) + b"x" * 20000 + b"wait"
+    seen = b""
+    deadline = time.monotonic() + 5
+    while b"4\r\nwait\r\n" not in seen:
+        assert time.monotonic() < deadline, f"a part was held back: {seen[-200:]!r}"
+        seen += sock.recv(65536)
+    released.set()
+    status, _, body = read_response_from(seen, sock)
+    assert status == 200 and body == expected + b"done"
+    sock.close()
+
+
+def read_response_from(already: bytes, sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """read_response() for a response whose first bytes were read already."""
+    from tests.conftest import _pushback
+
+    _pushback[sock.fileno()] = already
+    return read_response(sock)
