@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402  (loadtests/ is not a package)
+import bench
 
 KEEP_ALIVE = "600"
 COMMANDS: dict[str, bench.CommandBuilder] = {
-    "polycorn": lambda port: bench.polycorn_command(port, ["--timeout-keep-alive", KEEP_ALIVE, "--ws-ping-interval", "0"]),
+    "polycorn": lambda port: bench.polycorn_command(
+        port, ["--timeout-keep-alive", KEEP_ALIVE, "--ws-ping-interval", "0"]
+    ),
     "uvicorn": lambda port: bench.uvicorn_command(
         port, ["--timeout-keep-alive", KEEP_ALIVE, "--ws", "websockets", "--ws-ping-interval", "0"]
     ),
