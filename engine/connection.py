@@ -245,6 +245,9 @@ class HttpConnection(asyncio.Protocol):
             "state": service.state.copy(),
             "extensions": {"http.response.pathsend": {}},
         }
+        if not keep_alive:
+            self.parser.stop()  # an upgrade (switching) is always the last request
+        cycle: Cycle
         if (
             switching
             and upgrade_to is not None
@@ -252,15 +255,18 @@ class HttpConnection(asyncio.Protocol):
             and service.websockets is not None
             and is_websocket_upgrade(upgrade_to)
         ):
-            self._websocket(method, target, scope)
-            return
-        if not keep_alive:
-            self.parser.stop()
-        cycle = RequestCycle(
-            self, scope, keep_alive, expect_continue, method == b"HEAD", service.clock() if service.access_log else 0.0
-        )
-        if switching:
-            cycle.body_done = True
+            cycle = self._websocket(method, target, scope)
+        else:
+            cycle = RequestCycle(
+                self,
+                scope,
+                keep_alive,
+                expect_continue,
+                method == b"HEAD",
+                service.clock() if service.access_log else 0.0,
+            )
+            if switching:
+                cycle.body_done = True
         self.parsing = cycle
         if self.active is None:
             self._run(cycle)
@@ -270,24 +276,17 @@ class HttpConnection(asyncio.Protocol):
             self.pipeline.append(cycle)
             self.pause_reading()
 
-    def _websocket(self, method: bytes, target: bytes, scope: dict[str, Any]) -> None:
-        """An upgrade to WebSocket: the session waits for its turn like any request.
+    def _websocket(self, method: bytes, target: bytes, scope: dict[str, Any]) -> WebSocketCycle:
+        """An upgrade to WebSocket: a session that waits for its turn like any request.
 
         Its scope is the HTTP scope but for these keys (the WebSocket scope has no method).
         """
         scope["type"] = "websocket"
         del scope["method"]
         scope["extensions"] = {"websocket.http.response": {}}
-        self.parser.stop()
         cycle = self.upgrade = WebSocketCycle.upgrade(self, method, target, scope)
         self.pause_reading()  # frames stay in the kernel until the app accepts
-        self.parsing = cycle
-        if self.active is None:
-            self._run(cycle)
-        else:
-            if self.pipeline is None:
-                self.pipeline = deque()
-            self.pipeline.append(cycle)
+        return cycle
 
     def on_upgrade_data(self, data: bytes) -> None:
         if self.upgrade is not None:

@@ -142,8 +142,6 @@ class WebSocketCycle(asyncio.Protocol):
         "queue",
         "early",
         "reading_paused",
-        "writing_paused",
-        "drain_waiter",
         "fragments",
         "decoder",
         "timer",
@@ -179,8 +177,6 @@ class WebSocketCycle(asyncio.Protocol):
         self.queue: deque[dict[str, Any]] = deque()
         self.early = b""
         self.reading_paused = False
-        self.writing_paused = False
-        self.drain_waiter: asyncio.Future[None] | None = None
         self.fragments: list[Any] | None = None
         self.decoder: codecs.IncrementalDecoder | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -314,8 +310,9 @@ class WebSocketCycle(asyncio.Protocol):
                         raise RuntimeError("websocket.send needs 'bytes' or 'text'")
                     self.protocol.send_binary(data)
                 self._flush()
-                if self.writing_paused:
-                    await self._drain()
+                conn = self.conn
+                if conn.writing_paused:
+                    await conn.drain()  # the HTTP connection's write-side state serves both
             elif mtype == "websocket.close":
                 if not self.disconnected and self.protocol.state is _OPEN_STATE:
                     self._close(message.get("code") or 1000, message.get("reason") or "")
@@ -393,13 +390,12 @@ class WebSocketCycle(asyncio.Protocol):
         service.connections.discard(conn)
         service.connections.add(self)
         conn.active = self
-        self.writing_paused = conn.writing_paused
         transport.set_protocol(self)
         conn.upgrade = None
         if self.early:
             early, self.early = self.early, b""
             self.data_received(early)
-        if not self.reading_paused and not self.writing_paused:
+        if not self.reading_paused and not conn.writing_paused:
             transport.resume_reading()
         if self.settings.ping_interval:
             self.timer = self.loop.call_later(self.settings.ping_interval, self._ping)
@@ -542,39 +538,27 @@ class WebSocketCycle(asyncio.Protocol):
         if protocol.close_rcvd is None and protocol.close_sent is not None:
             self.close_code, self.close_reason = int(protocol.close_sent.code), protocol.close_sent.reason
         self.wake()
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.conn.closed = True
+        self.conn.resume_writing()  # a send() waiting to drain learns the peer is gone
         service = self.service
         service.connections.discard(self)
         service.connection_closed()
 
     def pause_writing(self) -> None:
         # The client does not read: stop reading too, so that what we owe it (pongs, the close
-        # echo) cannot pile up in the write buffer; the app's send() waits (see _drain).
-        self.writing_paused = True
+        # echo) cannot pile up in the write buffer; the app's send() waits (HttpConnection.drain).
+        self.conn.pause_writing()
         if not self.reading_paused:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.writing_paused = False
+        self.conn.resume_writing()
         if not self.reading_paused:
             self.transport.resume_reading()
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _drain(self) -> None:
-        if self.writing_paused and not self.disconnected:
-            waiter = self.drain_waiter = self.loop.create_future()
-            try:
-                await waiter
-            finally:
-                self.drain_waiter = None
 
     def _resume_reading(self) -> None:
         self.reading_paused = False
-        if not self.writing_paused and not self.disconnected:
+        if not self.conn.writing_paused and not self.disconnected:
             self.transport.resume_reading()
 
     # -- closing ---------------------------------------------------------------------------------

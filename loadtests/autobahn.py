@@ -4,9 +4,10 @@
 The Autobahn|Testsuite's fuzzing client runs some 500 cases (framing, pings, reserved bits,
 opcodes, fragmentation, UTF-8, close handshake, limits, permessage-deflate) against a server and
 grades each one; it is the reference test that WebSocket servers publish. This script starts the
-server on a free loopback port with a raw-ASGI echo app (``loadtests/autobahn_app.py``), runs
-``wstest -m fuzzingclient`` against it, summarises ``OUTDIR/index.json`` and exits 0 only when
-every case's ``behavior`` and ``behaviorClose`` is OK, NON-STRICT or INFORMATIONAL::
+server on a free loopback port with the benchmark app (``loadtests/bench_app.py``: its WebSocket
+route echoes), runs ``wstest -m fuzzingclient`` against it, summarises ``OUTDIR/index.json`` and
+exits 0 only when every case's ``behavior`` and ``behaviorClose`` is OK, NON-STRICT or
+INFORMATIONAL::
 
     python loadtests/autobahn.py --quick                   # Polycorn, ~30 s: no 9.*, few 12.*/13.*
     python loadtests/autobahn.py --server uvicorn --json uvicorn.json
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-APP = "autobahn_app:app"
+APP = "bench_app:app"
 DEFAULT_WSTEST = Path("/work/autobahn-venv/bin/wstest")
 
 INSTALL = """\

@@ -725,15 +725,11 @@ def csv_choices(choices: dict[str, Any]) -> Callable[[str], list[str]]:
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Benchmark Polycorn against uvicorn, granian and hypercorn with wrk.",
-        epilog="scenarios: " + "; ".join(f"{k}: {v.description}" for k, v in SCENARIOS.items()),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="measurements per server and scenario")
-    parser.add_argument("--duration", type=float, default=8, help="seconds per wrk measurement")
-    parser.add_argument("--warmup", type=float, default=1, help="unrecorded wrk seconds before each measurement")
+def add_round_options(parser: argparse.ArgumentParser, *, rounds_per: str, duration: float, measured: str) -> None:
+    """The options every benchmark script shares: rounds, measurement window, warm-up, quiet wait."""
+    parser.add_argument("--rounds", type=int, default=3, help=f"measurements per {rounds_per}")
+    parser.add_argument("--duration", type=float, default=duration, help=f"seconds per {measured}")
+    parser.add_argument("--warmup", type=float, default=1, help=f"unrecorded seconds before each {measured}")
     parser.add_argument(
         "--wait-quiet",
         type=float,
@@ -741,6 +737,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="before each measurement, wait up to this many seconds for other processes' CPU use to drop below 10 %%",
     )
     parser.add_argument("--cooldown", type=float, default=0.5, help="seconds of rest before each measurement")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Benchmark Polycorn against uvicorn, granian and hypercorn with wrk.",
+        epilog="scenarios: " + "; ".join(f"{k}: {v.description}" for k, v in SCENARIOS.items()),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_round_options(parser, rounds_per="server and scenario", duration=8, measured="wrk measurement")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (-c)")
     parser.add_argument("--scenarios", type=csv_choices(SCENARIOS), default=DEFAULT_SCENARIOS, help="comma-separated")
     parser.add_argument("--servers", type=csv_choices(SERVERS), default=list(SERVERS), help="comma-separated")

@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The sibling script, importable once its folder is on sys.path.
 from bench import (
     ServerProbe,
+    add_round_options,
     fmt,
     free_port,
     loadavg,
@@ -574,16 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs the servers")
-    parser.add_argument("--rounds", type=int, default=3, help="measurements per variant and scenario")
-    parser.add_argument("--duration", type=float, default=5, help="seconds per wrk measurement")
-    parser.add_argument("--warmup", type=float, default=1, help="unrecorded wrk seconds before each measurement")
-    parser.add_argument("--cooldown", type=float, default=0.5, help="seconds of rest before each measurement")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=30,
-        help="before each measurement, wait up to this many seconds for other processes' CPU use to drop below 10 %%",
-    )
+    add_round_options(parser, rounds_per="variant and scenario", duration=5, measured="wrk measurement")
     parser.add_argument(
         "--retry-noisy",
         type=int,

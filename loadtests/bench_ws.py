@@ -641,16 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="The load generator itself runs as `bench_ws.py client ...` (internal).",
     )
     commands = server_commands(argparse.Namespace(polycorn_args="", uvicorn_ws="", uvicorn_args="", granian_args=""))
-    parser.add_argument("--rounds", type=int, default=3, help="measurements per server")
-    parser.add_argument("--duration", type=float, default=8, help="seconds per measurement window")
-    parser.add_argument("--warmup", type=float, default=1, help="unrecorded seconds before each window")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=30,
-        help="before each measurement, wait up to this many seconds for other processes' CPU use to drop below 10 %%",
-    )
-    parser.add_argument("--cooldown", type=float, default=0.5, help="seconds of rest before each measurement")
+    bench.add_round_options(parser, rounds_per="server", duration=8, measured="measurement window")
     parser.add_argument("--connections", type=int, default=32, help="WebSocket connections in all (split over clients)")
     parser.add_argument("--size", type=int, default=32, help="message size in bytes (characters of ASCII text)")
     parser.add_argument("--binary", action="store_true", help="send bytes messages instead of text")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -13,6 +12,8 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket as StarletteWebSocket
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.http_apps import wait_for
 
 
 def run(coro: Any) -> Any:
@@ -70,7 +71,7 @@ def test_starlette_websocket(serve: Any, stack: dict[str, str]) -> None:
         assert info.value.response.status_code == 403
 
     run(client())
-    wait_for_events(events)
+    wait_for(lambda: events)  # the app records its end after the client is gone
     assert events == [("disconnect", 4002)]
 
 
@@ -92,12 +93,5 @@ def test_fastapi_websocket(serve: Any, stack: dict[str, str]) -> None:
         run(client())
     # FastAPI closes an unknown WebSocket route before accepting: HTTP 403.
     assert isinstance(info.value, InvalidStatus) and info.value.response.status_code == 403
-    wait_for_events(events)
+    wait_for(lambda: events)  # the app records its end after the client is gone
     assert events == [("done", "ada")]
-
-
-def wait_for_events(events: list[Any], timeout: float = 5.0) -> None:
-    """The app records its end after the client is gone: give its task a moment."""
-    deadline = time.monotonic() + timeout
-    while not events and time.monotonic() < deadline:
-        time.sleep(0.01)

@@ -314,12 +314,12 @@ def test_slow_consumer_bounds_the_write_buffer_and_blocks_send(serve: Any, raw: 
         peak[0] = max(peak[0], size_now)
         return size_now
 
-    wait_for(lambda: on_loop(srv, lambda: session.writing_paused))
+    wait_for(lambda: on_loop(srv, lambda: session.conn.writing_paused))
     sent = stable(lambda: (rec.sent, on_loop(srv, buffered)))[0]
     assert 0 < sent < count, sent
     # At most high water before the last write, plus that one frame (10-byte binary head).
     assert peak[0] <= high + size + 10, peak[0]
-    assert on_loop(srv, lambda: session.writing_paused and session.drain_waiter is not None)
+    assert on_loop(srv, lambda: session.conn.writing_paused and session.conn.drain_waiter is not None)
     assert rec.sent == sent  # send() is waiting, not failing: nothing more went out
     for i in range(count):
         opcode, payload = client.recv_frame(timeout=10)

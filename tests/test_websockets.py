@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import connect, is_closed, read_response
+from tests.http_apps import wait_for
 from tests.ws_apps import RawClient, Recorder, echo_app, handshake_request
 
 
@@ -42,7 +43,7 @@ def test_echo_text_and_bytes(serve: Any, stack: dict[str, str]) -> None:
             assert await ws.recv() == ""
 
     run(client())
-    _wait(lambda: rec.disconnects)
+    wait_for(lambda: rec.disconnects)
     assert rec.disconnects == [{"type": "websocket.disconnect", "code": 1000, "reason": ""}]
 
 
@@ -182,7 +183,7 @@ def test_close_codes_both_ways(serve: Any, stack: dict[str, str]) -> None:
 
     run(app_closes())
     run(client_closes())
-    _wait(lambda: len(rec.disconnects) == 2)
+    wait_for(lambda: len(rec.disconnects) == 2)
     assert rec.disconnects[0]["code"] == 4000
     assert rec.disconnects[1] == {"type": "websocket.disconnect", "code": 4001, "reason": "ciao"}
 
@@ -192,14 +193,14 @@ def test_dropped_connection_is_1006_and_empty_close_is_1005(serve: Any) -> None:
     srv = serve(echo_app(rec))
     raw = RawClient(srv.port)
     raw.close()  # no close frame at all
-    _wait(lambda: rec.disconnects)
+    wait_for(lambda: rec.disconnects)
     raw = RawClient(srv.port)
     raw.send(0x8, b"")  # a close frame without a code
     opcode, payload = raw.recv_frame()
     assert opcode == 0x8 and payload == b""
     assert raw.closed()
     raw.close()
-    _wait(lambda: len(rec.disconnects) == 2)
+    wait_for(lambda: len(rec.disconnects) == 2)
     assert [d["code"] for d in rec.disconnects] == [1006, 1005]
 
 
@@ -240,7 +241,7 @@ def test_send_after_disconnect_raises_oserror(serve: Any) -> None:
 
     srv = serve(app)
     RawClient(srv.port).close()
-    _wait(lambda: errors)
+    wait_for(lambda: errors)
     assert isinstance(errors[0], OSError)
 
 
@@ -395,13 +396,3 @@ def test_http_and_websocket_on_one_server(serve: Any, stack: dict[str, str]) -> 
     status, _, _ = read_response(sock, head_only=True)
     assert status == 101
     sock.close()
-
-
-def _wait(predicate: Any, timeout: float = 5.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
