@@ -31,6 +31,9 @@ logger = logging.getLogger("polycorn.error")
 #: (the next one of a keep-alive client, the first one of a just-accepted connection) is answered.
 SHUTDOWN_LINGER = 0.5
 
+#: Client addresses whose trust (--forwarded-allow-ips) one loop remembers.
+_TRUST_CACHE_SIZE = 4096
+
 
 class HttpService:
     def __init__(
@@ -63,6 +66,9 @@ class HttpService:
         self.root_path_bytes = config.root_path.encode("utf-8")
         self.proxy_headers = config.proxy_headers
         self._networks = config.forwarded_networks
+        #: trusts() per client address: parsing an address costs more than the rest of accepting a
+        #: connection; bounded, so a flood of distinct addresses only makes it start over.
+        self._trusted_hosts: dict[str, bool] = {}
         self.access_log = config.access_log and access_logger.isEnabledFor(logging.INFO) and not access_logger.disabled
         self.clock = time.perf_counter  # uvloop's loop.time() ticks in milliseconds
         self.connections: set[HttpConnection | WebSocketCycle] = set()
@@ -179,11 +185,20 @@ class HttpService:
             return True
         if client is None:
             return False
+        host = client[0]
+        known = self._trusted_hosts.get(host)
+        if known is not None:
+            return known
         try:
-            addr = ipaddress.ip_address(client[0])
+            addr = ipaddress.ip_address(host)
         except ValueError:
-            return False
-        return any(addr in net for net in self._networks)
+            trusted = False
+        else:
+            trusted = any(addr in net for net in self._networks)
+        if len(self._trusted_hosts) >= _TRUST_CACHE_SIZE:
+            self._trusted_hosts.clear()
+        self._trusted_hosts[host] = trusted
+        return trusted
 
     def log_access(self, cycle: Cycle) -> None:
         scope = cycle.scope

@@ -22,7 +22,7 @@ Per run it records req/s, p50 and p99 latency, wrk's socket errors (by kind) and
 the CPU the server and wrk used during the run (wrk near 100 % of its core means the *load
 generator* is the bottleneck and the numbers understate the server), the server's peak RSS during
 the run (process tree) and the 1-minute load average before and after. The summary shows medians
-over rounds, each server's ratio to uvicorn, and flags rows with errors. See docs/benchmarks.md for
+over rounds, each server's ratio to uvicorn (uvicorn-h11 for the -h11 rows), and flags rows with errors. See docs/benchmarks.md for
 how to read the numbers.
 
 The helpers are public for the sibling scripts (bench_ws.py, bench_workers.py): the command
@@ -166,12 +166,34 @@ class ServerSpec(NamedTuple):
 
 
 #: server name -> how to start it (bench_app:app, one worker, no access log).
+def polycorn_h11_command(port: int, extra: Sequence[str] = ()) -> list[str]:
+    """Polycorn's pure-Python fallback: asyncio and h11."""
+    return polycorn_command(port, ["--loop", "asyncio", "--http", "h11", *extra])
+
+
+def uvicorn_h11_command(port: int, extra: Sequence[str] = ()) -> list[str]:
+    """uvicorn on asyncio and h11 (its own pure-Python mode): the fallback's yardstick."""
+    command = uvicorn_command(port, extra)
+    command[command.index("uvloop")] = "asyncio"
+    command[command.index("httptools")] = "h11"
+    return command
+
+
 SERVERS: dict[str, ServerSpec] = {
     "polycorn": ServerSpec("polycorn", polycorn_command),
     "uvicorn": ServerSpec("uvicorn", uvicorn_command),
     "granian": ServerSpec("granian", granian_command),
     "hypercorn": ServerSpec("hypercorn", hypercorn_command),
+    "polycorn-h11": ServerSpec("h11", polycorn_h11_command),
+    "uvicorn-h11": ServerSpec("uvicorn", uvicorn_h11_command),
 }
+#: Run unless --servers names others: the h11 pair is asked for by name.
+DEFAULT_SERVERS = ["polycorn", "uvicorn", "granian", "hypercorn"]
+
+
+def baseline(name: str) -> str:
+    """The server a row's ratio is taken against: uvicorn in the same parser mode."""
+    return "uvicorn-h11" if name.endswith("-h11") else BASELINE
 
 
 def installed(module: str) -> bool:
@@ -632,8 +654,8 @@ def summarize(results: list[ServerRound], servers: list[str], scenarios: list[st
                     "failed": any(r.wrk_exit != 0 or not r.requests_per_s for r in runs),
                 }
             )
-        base = medians.get(BASELINE)
         for row in scenario_rows:
+            base = medians.get(baseline(row["server"]))
             row["vs_uvicorn"] = row["requests_per_s"] / base if base else None
         rows.extend(scenario_rows)
     return rows
@@ -748,7 +770,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_round_options(parser, rounds_per="server and scenario", duration=8, measured="wrk measurement")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (-c)")
     parser.add_argument("--scenarios", type=csv_choices(SCENARIOS), default=DEFAULT_SCENARIOS, help="comma-separated")
-    parser.add_argument("--servers", type=csv_choices(SERVERS), default=list(SERVERS), help="comma-separated")
+    parser.add_argument(
+        "--servers",
+        type=csv_choices(SERVERS),
+        default=DEFAULT_SERVERS,
+        help="comma-separated; polycorn-h11 and uvicorn-h11 (asyncio + h11) compare the pure-Python modes",
+    )
     parser.add_argument("--server-cpu", default="0", help="CPU list for the server (taskset -c)")
     parser.add_argument("--wrk-cpu", default="1", help="CPU list for wrk (taskset -c)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
