@@ -75,7 +75,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int | None] | None = None
-        self.scheme = "http"
+        self.scheme = service.scheme
         self.trusted = False
         self.active: Cycle | None = None  # the cycle whose response is being written
         self.parsing: Cycle | None = None  # the cycle receiving body bytes
@@ -103,10 +103,9 @@ class HttpConnection(asyncio.Protocol):
             self.server = (str(sock[0]), int(sock[1]))
         elif sock:
             self.server = (str(sock), None)  # UNIX socket: (path, None) per the ASGI spec
-        if transport.get_extra_info("sslcontext") is not None:
-            self.scheme = "https"
         self.trusted = service.trusts(self.client)
-        transport.set_write_buffer_limits(high=service.write_high_water)  # type: ignore[attr-defined]
+        if service.write_limits:
+            transport.set_write_buffer_limits(high=service.write_high_water)  # type: ignore[attr-defined]
         if not service.accepting:
             # Accepted just before shutdown began: its request, already on the way, is answered.
             self.close_if_idle(service.shutdown_linger)

@@ -34,6 +34,9 @@ SHUTDOWN_LINGER = 0.5
 #: Client addresses whose trust (--forwarded-allow-ips) one loop remembers.
 _TRUST_CACHE_SIZE = 4096
 
+#: The write-buffer high-water mark transports start with (asyncio's and uvloop's).
+_TRANSPORT_HIGH_WATER = 64 * 1024
+
 
 class HttpService:
     def __init__(
@@ -59,6 +62,10 @@ class HttpService:
         self.keep_alive = config.timeout_keep_alive
         self.read_high_water = config.read_high_water
         self.write_high_water = config.write_high_water
+        #: asyncio's and uvloop's transports default to 64 KiB already: only other values are set.
+        self.write_limits = config.write_high_water != _TRANSPORT_HIGH_WATER
+        #: The scope's scheme until TLS is served (a proxy's X-Forwarded-Proto may still change it).
+        self.scheme = "http"
         self.websockets = websocket_settings(config)
         #: The close code open WebSockets get at shutdown: 1012 when the worker is being replaced.
         self.websocket_close_code = GOING_AWAY
