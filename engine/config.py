@@ -182,6 +182,14 @@ class Config:
         minimum=0,
         group="websockets",
     )
+    malloc_trim_threshold: int = option(
+        4 * 1024 * 1024,
+        "glibc only: free heap memory kept for reuse instead of being returned to the OS at once "
+        "(bytes; 0 leaves glibc's own setting). Without it, every request body or response of tens "
+        "of KiB can make the heap shrink and grow again.",
+        minimum=0,
+        group="implementation",
+    )
     lifespan: Literal["auto", "on", "off"] = option(
         "auto",
         "Lifespan protocol: 'auto' runs it if the app supports it, 'on' requires it.",

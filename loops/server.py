@@ -23,6 +23,7 @@ from polycorn.lifespan import Lifespan
 from polycorn.logs import configure_logging
 from polycorn.loops import eventloop, sockets
 from polycorn.loops.acceptor import Acceptor
+from polycorn.loops.allocator import tune_malloc
 from polycorn.loops.coordination import LoopCoordinator
 from polycorn.service import HttpService
 from polycorn.version import __version__
@@ -93,6 +94,7 @@ class Server:
         self._force = asyncio.Event()
         if self._exit_requested:
             self._exit.set()
+        tune_malloc(config.malloc_trim_threshold)  # process-wide; each worker process sets it
         app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
         self.bound = listen if listen is not None else [sockets.bind(config)]
         lifespan = Lifespan(app, config.lifespan)
