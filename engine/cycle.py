@@ -329,7 +329,13 @@ class RequestCycle:
             else:
                 data = head + b"0\r\n\r\n" if not more_body else head
         elif head:
-            data = head + body if body else head
+            if len(body) >= _COALESCE_BELOW:
+                # A large body is not copied just to put the head in front of it: the transport
+                # sends both in one go (uvloop: one writev) from the app's own buffer.
+                self.conn.transport.writelines((head, body))
+                data = b""
+            else:
+                data = head + body if body else head
         else:
             data = body
         if more_body:

@@ -16,10 +16,14 @@ each message, text as text and bytes as bytes) with one worker and no access log
 CPU (``taskset -c 0``), started and stopped with ``bench.py``'s own helpers; uvicorn runs
 ``--ws websockets``, granian ``--interface asgi --ws``. The load generator is this same file run as
 ``--clients`` Python processes (default 1), each pinned with taskset to ``--client-cpu`` (default
-CPU 1; several clients share it unless several CPUs are named), each using the ``websockets``
-library's asyncio client (uvloop where installed) with ``--connections`` split between them. Each
-connection sends a ``--size``-byte text message (``--binary`` for bytes), awaits the echo, checks
-it, and sends the next one, with no pipelining. permessage-deflate is off unless ``--compression``.
+CPU 1; several clients share it unless several CPUs are named), with ``--connections`` split
+between them, each on asyncio (uvloop where installed). Each connection sends a ``--size``-byte text
+message (``--binary`` for bytes), awaits the echo, checks it, and sends the next one, with no
+pipelining. ``--client raw`` (the default) is a minimal RFC 6455 client on ``asyncio.Protocol``: its
+own upgrade handshake, one masked frame built once per connection and sent again for every round
+trip, a small parser for the echo. It exists because the ``websockets`` library's client
+(``--client websockets``) costs more CPU per message than the servers do, which made the load
+generator the bottleneck. permessage-deflate is off unless ``--compression`` (websockets client only).
 
 A measurement: a quick handshake-and-echo check (a server that cannot upgrade is reported as
 ``handshake failed`` and skipped for that round, nothing crashes); the clients open all their
@@ -36,14 +40,16 @@ over ``--rounds`` (order rotating every round); the summary shows medians and ea
 uvicorn, both in messages per second and in messages per second of busy server core (the server's
 own efficiency, which still compares fairly when the client is the bottleneck).
 
-Linux only (taskset, /proc). Needs ``websockets`` (the client) in this interpreter.
+Linux only (taskset, /proc). Needs ``websockets`` in this interpreter (the echo check, ``--client websockets``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -51,6 +57,7 @@ import os
 import resource
 import shlex
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -59,7 +66,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -80,6 +88,9 @@ from bench import (  # noqa: E402
 
 #: Path the clients connect to (bench_app.py echoes on every WebSocket path).
 WS_PATH = "/ws"
+#: The load-generator implementations (--client).
+CLIENTS = ("raw", "websockets")
+COMPRESSION_NEEDS_WEBSOCKETS = "--compression needs --client websockets (the raw client offers no extensions)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,10 +139,12 @@ def _connect_kwargs(compression: bool, open_timeout: float) -> dict[str, Any]:
 
 def describe_failure(exc: BaseException) -> str:
     """One line for a failed connection attempt: 'handshake failed: ...' or 'connect failed: ...'."""
+    if isinstance(exc, (HandshakeError, TimeoutError, asyncio.TimeoutError)):
+        return f"handshake failed: {str(exc) or type(exc).__name__}"
     from websockets.exceptions import InvalidHandshake
 
-    if isinstance(exc, (InvalidHandshake, TimeoutError)):
-        return f"handshake failed: {exc or type(exc).__name__}"
+    if isinstance(exc, InvalidHandshake):
+        return f"handshake failed: {str(exc) or type(exc).__name__}"
     if isinstance(exc, OSError):
         return f"connect failed: {exc}"
     return f"connect failed: {type(exc).__name__}: {exc}"
@@ -182,8 +195,37 @@ async def _window_cpu(start: float, end: float) -> float:
     return cpu() - before
 
 
+def _wait_for_start() -> float | None:
+    """Say ready on stdout, then read the window's start (a monotonic instant) from stdin; None: abort."""
+    print(json.dumps({"ready": True}), flush=True)
+    line = sys.stdin.readline()  # blocks the loop on purpose: the connections are idle meanwhile
+    return float(line) if line.strip() else None
+
+
+def _open_error(failures: Sequence[BaseException], total: int) -> dict[str, Any]:
+    return {"error": f"{describe_failure(failures[0])} ({len(failures)}/{total} connections)"}
+
+
+def _result(stats: Sequence[ConnectionStats], cpu_s: float) -> dict[str, Any]:
+    return {
+        "error": None,
+        "round_trips": sum(s.round_trips for s in stats),
+        "mismatches": sum(s.mismatches for s in stats),
+        "closed": [s.closed for s in stats if s.closed],
+        "cpu_s": cpu_s,
+        "latencies_us": [round(x * 1e6, 1) for s in stats for x in s.latencies_s],
+    }
+
+
 async def client(opts: argparse.Namespace) -> dict[str, Any]:
     """Open the connections, report readiness on stdout, read the window start from stdin, run."""
+    if opts.client == "raw":
+        return await raw_client(opts)
+    return await websockets_client(opts)
+
+
+async def websockets_client(opts: argparse.Namespace) -> dict[str, Any]:
+    """``client`` with the websockets library's asyncio client (``--client websockets``)."""
     from websockets.asyncio.client import connect
 
     kwargs = _connect_kwargs(opts.compression, opts.open_timeout)
@@ -194,28 +236,364 @@ async def client(opts: argparse.Namespace) -> dict[str, Any]:
     failures = [c for c in opened if isinstance(c, BaseException)]
     try:
         if failures:
-            return {"error": f"{describe_failure(failures[0])} ({len(failures)}/{len(opened)} connections)"}
-        print(json.dumps({"ready": True}), flush=True)
-        line = sys.stdin.readline()  # blocks the loop on purpose: the connections are idle meanwhile
-        if not line.strip():
+            return _open_error(failures, len(opened))
+        start = _wait_for_start()
+        if start is None:
             return {"error": "aborted before the start"}
-        start = float(line)
         end = start + opts.duration
         payload = _payload(opts.size, opts.binary)
         stats = [ConnectionStats() for _ in conns]
         cpu_task = asyncio.ensure_future(_window_cpu(start, end))
         await asyncio.gather(*(_pump(ws, payload, start, end, s) for ws, s in zip(conns, stats, strict=True)))
-        cpu_s = await cpu_task
-        return {
-            "error": None,
-            "round_trips": sum(s.round_trips for s in stats),
-            "mismatches": sum(s.mismatches for s in stats),
-            "closed": [s.closed for s in stats if s.closed],
-            "cpu_s": cpu_s,
-            "latencies_us": [round(x * 1e6, 1) for s in stats for x in s.latencies_s],
-        }
+        return _result(stats, await cpu_task)
     finally:
         await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The raw client (--client raw): RFC 6455 by hand on asyncio.Protocol
+# --------------------------------------------------------------------------------------------
+#: RFC 6455's GUID for Sec-WebSocket-Accept.
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+#: Largest upgrade response head the raw client reads.
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class HandshakeError(Exception):
+    """The server did not accept the upgrade the way RFC 6455 requires."""
+
+
+def mask_payload(payload: bytes, key: bytes) -> bytes:
+    """``payload`` XOR the 4-byte ``key`` repeated (RFC 6455 section 5.3), as one big-integer XOR."""
+    size = len(payload)
+    if not size:
+        return b""
+    stream = (key * (size // 4 + 1))[:size]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(size, "big")
+
+
+def _frame_head(opcode: int, size: int, masked: bool) -> bytes:
+    """FIN + opcode, then the 7-, 16- or 64-bit payload length (mask bit set when ``masked``)."""
+    mask_bit = 0x80 if masked else 0
+    if size < 126:
+        return bytes((0x80 | opcode, mask_bit | size))
+    if size < 1 << 16:
+        return bytes((0x80 | opcode, mask_bit | 126)) + size.to_bytes(2, "big")
+    return bytes((0x80 | opcode, mask_bit | 127)) + size.to_bytes(8, "big")
+
+
+def client_frame(opcode: int, payload: bytes, key: bytes | None = None) -> bytes:
+    """One unfragmented frame as a client must send it: masked (with a random key unless ``key``)."""
+    key = os.urandom(4) if key is None else key
+    return _frame_head(opcode, len(payload), masked=True) + key + mask_payload(payload, key)
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    """One unfragmented, unmasked frame: what a server's echo of ``payload`` normally looks like."""
+    return _frame_head(opcode, len(payload), masked=False) + payload
+
+
+def accept_value(key: str) -> str:
+    """The Sec-WebSocket-Accept a server must answer to Sec-WebSocket-Key ``key``."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + WS_GUID).digest()).decode("ascii")
+
+
+def upgrade_request(netloc: str, target: str, key: str) -> bytes:
+    """The HTTP/1.1 upgrade request; no extensions and no subprotocol offered."""
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: {netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode("ascii")
+
+
+def check_upgrade_response(head: bytes, key: str) -> None:
+    """Raise HandshakeError unless ``head`` (status line and headers, no blank line) accepts ``key``."""
+    status, *lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = status.partition(" ")
+    if not version.startswith("HTTP/1.") or rest.split(" ", 1)[0] != "101":
+        raise HandshakeError(f"server answered {status!r}, not 101 Switching Protocols")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise HandshakeError(f"malformed header line {line!r}")
+        name, value = name.strip().lower(), value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    if headers.get("upgrade", "").lower() != "websocket":
+        raise HandshakeError(f"Upgrade: {headers.get('upgrade')!r}, not websocket")
+    if "upgrade" not in (token.strip().lower() for token in headers.get("connection", "").split(",")):
+        raise HandshakeError(f"Connection: {headers.get('connection')!r} lacks upgrade")
+    if headers.get("sec-websocket-accept") != accept_value(key):
+        raise HandshakeError(f"wrong Sec-WebSocket-Accept {headers.get('sec-websocket-accept')!r}")
+    if headers.get("sec-websocket-extensions"):
+        raise HandshakeError(f"extensions none was offered: {headers['sec-websocket-extensions']!r}")
+
+
+class RawConnection(asyncio.Protocol):
+    """One connection of the raw client.
+
+    After the upgrade, ``run`` sends the pre-built masked frame; every echo that arrives (in
+    ``data_received``, no coroutine or future per message) is checked and timed and the frame is
+    sent again, until the window ends or the connection closes. ``done`` then resolves.
+    """
+
+    def __init__(self, netloc: str, target: str, payload: bytes, binary: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()  # the server accepted the upgrade
+        self.done: asyncio.Future[None] = loop.create_future()  # no more round trips
+        self.lost: asyncio.Future[None] = loop.create_future()  # connection_lost ran
+        self.stats = ConnectionStats()
+        self._key = base64.b64encode(os.urandom(16)).decode("ascii")
+        self._request = upgrade_request(netloc, target, self._key)
+        self._transport: asyncio.Transport | None = None
+        self._head: bytearray | None = bytearray()  # the response head; None once the upgrade is done
+        self._buffer = bytearray()  # bytes of an incomplete frame
+        self._opcode = OP_BINARY if binary else OP_TEXT
+        self._payload = payload
+        self._frame = client_frame(self._opcode, payload)  # masked once, with one random key
+        self._echo = server_frame(self._opcode, payload)  # the whole echo frame, for a quick comparison
+        self._fragments: list[bytes] = []
+        self._fragments_opcode = 0
+        self._waiting = False  # an echo is due
+        self._closing = False  # we closed at the end: closes and losses no longer count
+        self._sent = self._start = self._end = 0.0
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is not None:
+            self._handshake(data)
+        elif not self._buffer and data == self._echo:
+            self._echoed(True)  # the usual case: exactly one whole echo frame in one read
+        else:
+            self._buffer += data
+            self._parse()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(HandshakeError(f"connection closed during the handshake ({exc or 'EOF'})"))
+        self._closed(f"connection lost without a close frame: {exc or 'EOF'}")
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    # -- the round trips -----------------------------------------------------------------------
+    def run(self, start: float, end: float) -> None:
+        """Round trips until the monotonic instant ``end``; those inside [start, end] are recorded."""
+        self._start, self._end = start, end
+        if self.stats.closed is None:
+            self._send()
+
+    def _send(self) -> None:
+        sent = time.monotonic()
+        if sent >= self._end:
+            self._finish()
+            return
+        assert self._transport is not None
+        self._sent = sent
+        self._waiting = True
+        self._transport.write(self._frame)
+
+    def _echoed(self, matches: bool) -> None:
+        received = time.monotonic()
+        if not self._waiting:  # a message nobody asked for
+            self.stats.mismatches += 1
+            return
+        self._waiting = False
+        if not matches:
+            self.stats.mismatches += 1
+        sent = self._sent
+        if sent >= self._start and received <= self._end:
+            self.stats.latencies_s.append(received - sent)
+        self._send()
+
+    def _finish(self) -> None:
+        self._waiting = False
+        self.stats.round_trips = len(self.stats.latencies_s)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _closed(self, reason: str) -> None:
+        """The connection ended early (close frame, loss, protocol error): count it and stop."""
+        if not self._closing and self.opened.done() and self.stats.closed is None:
+            self.stats.closed = reason
+        self._finish()
+
+    # -- handshake and frames ------------------------------------------------------------------
+    def _handshake(self, data: bytes) -> None:
+        assert self._head is not None and self._transport is not None
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_RESPONSE_HEAD:
+                self._fail_open(HandshakeError("response head too large"))
+            return
+        head, rest = bytes(self._head[:end]), self._head[end + 4 :]
+        self._head = None
+        try:
+            check_upgrade_response(head, self._key)
+        except HandshakeError as exc:
+            self._fail_open(exc)
+            return
+        self.opened.set_result(None)
+        if rest:
+            self._buffer += rest
+            self._parse()
+
+    def _fail_open(self, exc: HandshakeError) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc)
+        assert self._transport is not None
+        self._transport.abort()
+
+    def _parse(self) -> None:
+        """Handle every complete frame in the buffer; leave a partial one there for the next read."""
+        buf = self._buffer
+        while len(buf) >= 2:
+            first, second = buf[0], buf[1]
+            if second & 0x80:
+                self._protocol_error("masked frame from the server")
+                return
+            if first & 0x70:
+                self._protocol_error("reserved bits set though no extension was negotiated")
+                return
+            size, offset = second & 0x7F, 2
+            if size == 126:
+                if len(buf) < 4:
+                    return
+                size, offset = int.from_bytes(buf[2:4], "big"), 4
+            elif size == 127:
+                if len(buf) < 10:
+                    return
+                size, offset = int.from_bytes(buf[2:10], "big"), 10
+            stop = offset + size
+            if len(buf) < stop:
+                return
+            payload = bytes(buf[offset:stop])
+            del buf[:stop]
+            self._frame_received(bool(first & 0x80), first & 0x0F, payload)
+
+    def _frame_received(self, fin: bool, opcode: int, payload: bytes) -> None:
+        assert self._transport is not None
+        if opcode == OP_CLOSE:
+            self._close_received(payload)
+            return
+        if opcode == OP_PING:
+            self._transport.write(client_frame(OP_PONG, payload))
+            return
+        if opcode == OP_PONG:
+            return
+        if opcode == OP_CONTINUATION:
+            if not self._fragments:
+                self._protocol_error("continuation frame outside a fragmented message")
+                return
+            self._fragments.append(payload)
+            if not fin:
+                return
+            opcode, payload, self._fragments = self._fragments_opcode, b"".join(self._fragments), []
+        elif opcode in (OP_TEXT, OP_BINARY):
+            if self._fragments:
+                self._protocol_error("new message inside a fragmented one")
+                return
+            if not fin:
+                self._fragments_opcode, self._fragments = opcode, [payload]
+                return
+        else:
+            self._protocol_error(f"unknown opcode {opcode:#x}")
+            return
+        self._echoed(opcode == self._opcode and payload == self._payload)
+
+    def _close_received(self, payload: bytes) -> None:
+        assert self._transport is not None
+        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+        reason = payload[2:].decode("utf-8", "replace")
+        if not self._closing:
+            self._transport.write(client_frame(OP_CLOSE, payload[:2]))  # answer with the same code
+        self._closed(f"connection closed: received close frame {code} {reason!r}".rstrip())
+        self._buffer.clear()
+        self._transport.close()
+
+    def _protocol_error(self, what: str) -> None:
+        assert self._transport is not None
+        self._closed(f"protocol error: {what}")
+        self._buffer.clear()
+        self._transport.abort()
+
+    # -- the end -------------------------------------------------------------------------------
+    async def close(self, timeout: float) -> None:
+        """Send a close frame (1000) and wait up to ``timeout`` s for the server to end the connection."""
+        if self._transport is None or self.lost.done():
+            return
+        if self.opened.done() and not self.opened.cancelled() and self.opened.exception() is None:
+            if not self._closing:
+                self._closing = True
+                self._transport.write(client_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.lost), timeout)
+        self._transport.abort()
+
+    def abort(self) -> None:
+        if not self.opened.done():
+            self.opened.cancel()  # nobody will await it: no "exception never retrieved" later
+        if self._transport is not None:
+            self._transport.abort()
+
+
+async def open_raw(url: str, payload: bytes, binary: bool, timeout: float) -> RawConnection:
+    """Connect to ``url`` (ws:// only) and do the upgrade handshake within ``timeout`` seconds."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if parts.scheme != "ws" or host is None:
+        raise ValueError(f"the raw client speaks ws:// only, not {url!r}")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    conn = RawConnection(parts.netloc, target, payload, binary)
+    loop = asyncio.get_running_loop()
+
+    async def handshake() -> None:
+        await loop.create_connection(lambda: conn, host, parts.port or 80)
+        await conn.opened
+
+    try:
+        await asyncio.wait_for(handshake(), timeout)
+    except BaseException:
+        conn.abort()
+        raise
+    return conn
+
+
+async def raw_client(opts: argparse.Namespace) -> dict[str, Any]:
+    """``client`` with the raw RFC 6455 client (``--client raw``)."""
+    payload = b"x" * opts.size  # ASCII: its text is the same bytes
+    opened = await asyncio.gather(
+        *(open_raw(opts.url, payload, opts.binary, opts.open_timeout) for _ in range(opts.connections)),
+        return_exceptions=True,
+    )
+    conns = [c for c in opened if isinstance(c, RawConnection)]
+    failures = [c for c in opened if isinstance(c, BaseException)]
+    try:
+        if failures:
+            return _open_error(failures, len(opened))
+        start = _wait_for_start()
+        if start is None:
+            return {"error": "aborted before the start"}
+        end = start + opts.duration
+        cpu_task = asyncio.ensure_future(_window_cpu(start, end))
+        for conn in conns:
+            conn.run(start, end)
+        await asyncio.gather(*(conn.done for conn in conns))
+        return _result([conn.stats for conn in conns], await cpu_task)
+    finally:
+        await asyncio.gather(*(conn.close(timeout=2) for conn in conns), return_exceptions=True)
 
 
 def client_main(argv: Sequence[str]) -> int:
@@ -226,10 +604,13 @@ def client_main(argv: Sequence[str]) -> int:
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--binary", action="store_true")
     parser.add_argument("--compression", action="store_true")
+    parser.add_argument("--client", choices=CLIENTS, default="raw")
     parser.add_argument("--open-timeout", type=float, default=5)
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     parser.add_argument("--out", required=True, help="file the final JSON result is written to")
     opts = parser.parse_args(argv)
+    if opts.client == "raw" and opts.compression:
+        parser.error(COMPRESSION_NEEDS_WEBSOCKETS)
     result = run_coroutine(client(opts), opts.loop)
     Path(opts.out).write_text(json.dumps(result))
     if result.get("error"):
@@ -333,7 +714,8 @@ class Clients:
             argv = [
                 sys.executable, str(Path(__file__).resolve()), "client", "--url", url,
                 "--connections", str(connections), "--size", str(args.size), "--duration", str(args.duration),
-                "--open-timeout", str(args.open_timeout), "--loop", args.client_loop, "--out", str(out),
+                "--open-timeout", str(args.open_timeout), "--loop", args.client_loop, "--client", args.client,
+                "--out", str(out),
             ]  # fmt: skip
             argv += ["--binary"] * args.binary + ["--compression"] * args.compression
             log = (workdir / f"client-{i}.log").open("w+")
@@ -636,7 +1018,7 @@ def machine_info() -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="WebSocket echo benchmark: Polycorn against uvicorn and granian with a Python websockets client.",
+        description="WebSocket echo benchmark: Polycorn against uvicorn and granian with a Python client.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="The load generator itself runs as `bench_ws.py client ...` (internal).",
     )
@@ -647,6 +1029,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--binary", action="store_true", help="send bytes messages instead of text")
     parser.add_argument("--compression", action="store_true", help="offer permessage-deflate (off by default)")
     parser.add_argument("--clients", type=int, default=1, help="load-generator processes")
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="raw",
+        help="load generator: a minimal RFC 6455 client (raw, cheap) or the websockets library's (needed for"
+        " --compression)",
+    )
     parser.add_argument(
         "--client-loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="client event loop"
     )
@@ -678,6 +1067,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if importlib.util.find_spec("websockets") is None:
         print("the client needs websockets: pip install websockets", file=sys.stderr)
+        return 2
+    if args.client == "raw" and args.compression:
+        print(COMPRESSION_NEEDS_WEBSOCKETS, file=sys.stderr)
         return 2
     if args.clients < 1 or args.connections < args.clients:
         print("need --clients >= 1 and --connections >= --clients", file=sys.stderr)
@@ -712,7 +1104,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{args.rounds} rounds x {len(servers)} servers, {args.duration:g}s each after {args.warmup:g}s warm-up; "
-        f"{args.connections} connections over {args.clients} client process(es) ({resolve_loop(args.client_loop)}), "
+        f"{args.connections} connections over {args.clients} {args.client} client process(es) "
+        f"({resolve_loop(args.client_loop)}), "
         f"{args.size}-byte {'binary' if args.binary else 'text'} messages, "
         f"compression {'on' if args.compression else 'off'}; server on CPU {server_cpu}, clients on CPU "
         f"{','.join(str(c) for c in client_cpus)}",
@@ -770,6 +1163,7 @@ def main(argv: list[str] | None = None) -> int:
                 "warmup_s": args.warmup,
                 "connections": args.connections,
                 "clients": args.clients,
+                "client": args.client,
                 "client_loop": resolve_loop(args.client_loop),
                 "size": args.size,
                 "binary": args.binary,

@@ -40,7 +40,8 @@ def tune_malloc(trim_threshold: int) -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success, 0 on error.
-    ok = mallopt(_M_MMAP_THRESHOLD, min(max(trim_threshold // 4, 128 * 1024), _MMAP_THRESHOLD_MAX)) == 1
+    mmap_threshold = min(max(trim_threshold // 4, 128 * 1024), _MMAP_THRESHOLD_MAX)
+    ok: bool = mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
     ok = mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1 and ok
     if not ok:
         logger.debug("mallopt refused --malloc-trim-threshold %d", trim_threshold)
