@@ -21,10 +21,13 @@ _END = h11.EndOfMessage()
 # HTAB in a field value, and HTTP versions llhttp does not know (the connection answers 505 to 2.0).
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 _VERSIONS = frozenset((b"1.0", b"1.1", b"2.0"))
+#: Content-Length field lines of a raw head: h11 merges repeated or listed equal values into one
+#: field, so a head with several can only be told from the bytes (llhttp refuses such heads).
+_CONTENT_LENGTHS = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE).findall
 
 
 class H11Adapter:
-    __slots__ = ("_conn", "_sink", "_limits", "_stopped", "_line_len", "_awaiting_head")
+    __slots__ = ("_conn", "_sink", "_limits", "_stopped", "_line_len", "_awaiting_head", "_raw", "_held_cr")
 
     def __init__(self, sink: Sink, limits: ParserLimits) -> None:
         self._sink = sink
@@ -33,10 +36,22 @@ class H11Adapter:
         self._stopped = False
         self._line_len = 0
         self._awaiting_head = True
+        #: The bytes of the head h11 is waiting for, kept for the checks h11 does not make.
+        self._raw = bytearray()
+        self._held_cr = False  # a CR that may start an empty line before the request line
 
     def feed(self, data: bytes) -> None:
         if self._stopped and self._awaiting_head:
             return  # stop() lets the current message finish: its body is still the app's
+        if self._awaiting_head:
+            raw = self._raw
+            if not raw:
+                data = self._skip_empty_lines(data)
+                if not data:
+                    return
+            cap = self._limits.h11_incomplete_event + 4  # h11 accepts no longer head
+            if len(raw) < cap:
+                raw += data[: cap - len(raw)]  # a body in the same packet is not copied
         if self._awaiting_head and self._line_len >= 0:
             # h11 only knows one buffer bound; tell an endless request line (414) from an
             # endless header block (431) the same way the httptools adapter does.
@@ -56,6 +71,37 @@ class H11Adapter:
     def stop(self) -> None:
         self._stopped = True
 
+    def _skip_empty_lines(self, data: bytes) -> bytes:
+        """RFC 9112 §2.2: empty lines (CRLF) before a request line are ignored, as llhttp does."""
+        if self._held_cr:
+            self._held_cr = False
+            data = b"\r" + data
+        while data[:2] == b"\r\n":
+            data = data[2:]
+        if data == b"\r":
+            self._held_cr = True  # the rest of the line is in the next feed
+            return b""
+        return data
+
+    def _check_raw_head(self) -> None:
+        """What h11 lets through and llhttp refuses (RFC 9112 §2.2, §5.2; RFC 9110 §8.6)."""
+        raw = self._raw
+        crlf_end = raw.find(b"\n\r\n")
+        lf_end = raw.find(b"\n\n")
+        if lf_end >= 0 and (crlf_end < 0 or lf_end < crlf_end):
+            raise ProtocolError(400, "malformed request: bare LF as a line end")
+        self._raw = bytearray()
+        if crlf_end < 0:
+            return  # not reached: h11 saw a whole head, so it ends in one of the two forms
+        head = bytes(raw[: crlf_end + 3])
+        if head.count(b"\n") != head.count(b"\r\n"):
+            raise ProtocolError(400, "malformed request: bare LF as a line end")
+        if b"\n " in head or b"\n\t" in head:
+            raise ProtocolError(400, "malformed request: obsolete line folding in a header field")
+        lengths = _CONTENT_LENGTHS(head)
+        if len(lengths) > 1 or (lengths and b"," in lengths[0]):
+            raise ProtocolError(400, "malformed request: several Content-Length values")
+
     def _drain(self) -> None:
         conn = self._conn
         sink = self._sink
@@ -72,6 +118,7 @@ class H11Adapter:
                 sink.on_body(bytes(event.data))  # type: ignore[union-attr]
             elif kind is h11.Request:
                 self._awaiting_head = False
+                self._check_raw_head()
                 method = event.method  # type: ignore[union-attr]
                 target = event.target  # type: ignore[union-attr]
                 version = event.http_version  # type: ignore[union-attr]
@@ -136,12 +183,19 @@ class H11Adapter:
         conn.send(_END)
         try:
             conn.start_next_cycle()
+            data = bytes(conn.trailing_data[0])
+            # h11 refuses empty lines before the next request line; they are skipped instead.
+            fresh = data[:1] == b"\r"
         except h11.LocalProtocolError:
             # h11 never keeps an HTTP/1.0 connection open, but the sink did not stop, so this
             # one asked for keep-alive: go on with a fresh h11 connection and the bytes received.
-            data, _ = conn.trailing_data
+            data = bytes(conn.trailing_data[0])
+            fresh = True
+        self._awaiting_head = True
+        self._line_len = 0
+        if fresh:
+            data = self._skip_empty_lines(data)
             self._conn = conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.h11_incomplete_event)
             if data:
                 conn.receive_data(data)
-        self._awaiting_head = True
-        self._line_len = 0
+        self._raw = bytearray(data[: self._limits.h11_incomplete_event + 4])  # the next head may have begun
