@@ -325,7 +325,8 @@ def test_slow_consumer_bounds_the_write_buffer_and_blocks_send(serve: Any, raw: 
         opcode, payload = client.recv_frame(timeout=10)
         assert (opcode, payload[:4]) == (BINARY, i.to_bytes(4, "big"))
         assert payload == numbered(i, size)
-    assert rec.sent == count
+    # The last frame is on the wire before its send() returns: wait for the app to record it.
+    assert wait_for(lambda: rec.sent == count)
     client.send(CLOSE, struct.pack("!H", 1000))
     assert client.recv_frame()[0] == CLOSE
     wait_for(lambda: rec.disconnects)
