@@ -75,7 +75,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int | None] | None = None
-        self.scheme = service.scheme
+        self.scheme = "http"  # no TLS served yet; a trusted proxy's X-Forwarded-Proto may change it
         self.trusted = False
         self.active: Cycle | None = None  # the cycle whose response is being written
         self.parsing: Cycle | None = None  # the cycle receiving body bytes

@@ -183,13 +183,13 @@ class H11Adapter:
         conn.send(_END)
         try:
             conn.start_next_cycle()
-            data = bytes(conn.trailing_data[0])
+            data = conn.trailing_data[0]
             # h11 refuses empty lines before the next request line; they are skipped instead.
             fresh = data[:1] == b"\r"
         except h11.LocalProtocolError:
             # h11 never keeps an HTTP/1.0 connection open, but the sink did not stop, so this
             # one asked for keep-alive: go on with a fresh h11 connection and the bytes received.
-            data = bytes(conn.trailing_data[0])
+            data = conn.trailing_data[0]
             fresh = True
         self._awaiting_head = True
         self._line_len = 0

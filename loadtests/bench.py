@@ -748,7 +748,7 @@ def csv_choices(choices: dict[str, Any]) -> Callable[[str], list[str]]:
 
 
 def add_round_options(parser: argparse.ArgumentParser, *, rounds_per: str, duration: float, measured: str) -> None:
-    """The options every benchmark script shares: rounds, measurement window, warm-up, quiet wait."""
+    """The options every benchmark script shares: rounds, measurement window, warm-up, quiet wait, JSON."""
     parser.add_argument("--rounds", type=int, default=3, help=f"measurements per {rounds_per}")
     parser.add_argument("--duration", type=float, default=duration, help=f"seconds per {measured}")
     parser.add_argument("--warmup", type=float, default=1, help=f"unrecorded seconds before each {measured}")
@@ -759,6 +759,13 @@ def add_round_options(parser: argparse.ArgumentParser, *, rounds_per: str, durat
         help="before each measurement, wait up to this many seconds for other processes' CPU use to drop below 10 %%",
     )
     parser.add_argument("--cooldown", type=float, default=0.5, help="seconds of rest before each measurement")
+    parser.add_argument("--json", metavar="PATH", help="also write every run and the summary as JSON here")
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    """The ``--json`` file every benchmark script writes: settings, summary and every run."""
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -779,7 +786,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-cpu", default="0", help="CPU list for the server (taskset -c)")
     parser.add_argument("--wrk-cpu", default="1", help="CPU list for wrk (taskset -c)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
-    parser.add_argument("--json", metavar="PATH", help="also write every run and the summary as JSON here")
     return parser
 
 
@@ -878,8 +884,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": rows,
             "runs": [asdict(sr) for sr in results],
         }
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+        write_json(args.json, payload)
     return 0
 
 

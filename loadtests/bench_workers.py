@@ -69,6 +69,7 @@ from bench import (
     run_wrk,
     stop,
     wait_until_quiet,
+    write_json,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -603,7 +604,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pin", action="store_true", help="also measure polycorn:2:pin (--pin-cpus)")
     parser.add_argument("--no-uvicorn", action="store_true", help="leave uvicorn out of the default variants")
     parser.add_argument("--sample", type=int, default=2000, help="requests on fresh connections to see the spread")
-    parser.add_argument("--json", metavar="PATH", help="also write every run and the summary as JSON here")
     return parser
 
 
@@ -689,8 +689,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": rows,
             "runs": [asdict(vr) for vr in results],
         }
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+        write_json(args.json, payload)
     return 0
 
 

@@ -218,20 +218,44 @@ def _result(stats: Sequence[ConnectionStats], cpu_s: float) -> dict[str, Any]:
 
 
 async def client(opts: argparse.Namespace) -> dict[str, Any]:
-    """Open the connections, report readiness on stdout, read the window start from stdin, run."""
+    """Open the connections, report readiness on stdout, read the window start from stdin, run.
+
+    The two clients differ only in how a connection is opened, driven through the window and
+    closed; the window itself is this one function.
+    """
     if opts.client == "raw":
-        return await raw_client(opts)
-    return await websockets_client(opts)
+        payload = b"x" * opts.size  # ASCII: its text is the same bytes
 
+        def open_one() -> Any:
+            return open_raw(opts.url, payload, opts.binary, opts.open_timeout)
 
-async def websockets_client(opts: argparse.Namespace) -> dict[str, Any]:
-    """``client`` with the websockets library's asyncio client (``--client websockets``)."""
-    from websockets.asyncio.client import connect
+        async def drive(conns: list[Any], start: float, end: float) -> list[ConnectionStats]:
+            for conn in conns:
+                conn.run(start, end)
+            await asyncio.gather(*(conn.done for conn in conns))
+            return [conn.stats for conn in conns]
 
-    kwargs = _connect_kwargs(opts.compression, opts.open_timeout)
-    opened = await asyncio.gather(
-        *(connect(opts.url, **kwargs) for _ in range(opts.connections)), return_exceptions=True
-    )
+        def close(conn: Any) -> Any:
+            return conn.close(timeout=2)
+
+    else:
+        from websockets.asyncio.client import connect
+
+        kwargs = _connect_kwargs(opts.compression, opts.open_timeout)
+        text_or_bytes = _payload(opts.size, opts.binary)
+
+        def open_one() -> Any:
+            return connect(opts.url, **kwargs)
+
+        async def drive(conns: list[Any], start: float, end: float) -> list[ConnectionStats]:
+            stats = [ConnectionStats() for _ in conns]
+            await asyncio.gather(*(_pump(ws, text_or_bytes, start, end, s) for ws, s in zip(conns, stats, strict=True)))
+            return stats
+
+        def close(conn: Any) -> Any:
+            return conn.close()
+
+    opened = await asyncio.gather(*(open_one() for _ in range(opts.connections)), return_exceptions=True)
     conns = [c for c in opened if not isinstance(c, BaseException)]
     failures = [c for c in opened if isinstance(c, BaseException)]
     try:
@@ -241,13 +265,11 @@ async def websockets_client(opts: argparse.Namespace) -> dict[str, Any]:
         if start is None:
             return {"error": "aborted before the start"}
         end = start + opts.duration
-        payload = _payload(opts.size, opts.binary)
-        stats = [ConnectionStats() for _ in conns]
         cpu_task = asyncio.ensure_future(_window_cpu(start, end))
-        await asyncio.gather(*(_pump(ws, payload, start, end, s) for ws, s in zip(conns, stats, strict=True)))
+        stats = await drive(conns, start, end)
         return _result(stats, await cpu_task)
     finally:
-        await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+        await asyncio.gather(*(close(conn) for conn in conns), return_exceptions=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,31 +591,6 @@ async def open_raw(url: str, payload: bytes, binary: bool, timeout: float) -> Ra
         conn.abort()
         raise
     return conn
-
-
-async def raw_client(opts: argparse.Namespace) -> dict[str, Any]:
-    """``client`` with the raw RFC 6455 client (``--client raw``)."""
-    payload = b"x" * opts.size  # ASCII: its text is the same bytes
-    opened = await asyncio.gather(
-        *(open_raw(opts.url, payload, opts.binary, opts.open_timeout) for _ in range(opts.connections)),
-        return_exceptions=True,
-    )
-    conns = [c for c in opened if isinstance(c, RawConnection)]
-    failures = [c for c in opened if isinstance(c, BaseException)]
-    try:
-        if failures:
-            return _open_error(failures, len(opened))
-        start = _wait_for_start()
-        if start is None:
-            return {"error": "aborted before the start"}
-        end = start + opts.duration
-        cpu_task = asyncio.ensure_future(_window_cpu(start, end))
-        for conn in conns:
-            conn.run(start, end)
-        await asyncio.gather(*(conn.done for conn in conns))
-        return _result([conn.stats for conn in conns], await cpu_task)
-    finally:
-        await asyncio.gather(*(conn.close(timeout=2) for conn in conns), return_exceptions=True)
 
 
 def client_main(argv: Sequence[str]) -> int:
@@ -1056,7 +1053,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uvicorn-ws", default="websockets", help="uvicorn --ws implementation")
     parser.add_argument("--uvicorn-args", default="", help="extra uvicorn options")
     parser.add_argument("--granian-args", default="", help="extra granian options")
-    parser.add_argument("--json", metavar="PATH", help="also write every run and the summary as JSON here")
     return parser
 
 
@@ -1175,8 +1171,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": rows,
             "runs": [asdict(r) for r in runs],
         }
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+        bench.write_json(args.json, payload)
     return 0
 
 
