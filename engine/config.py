@@ -285,6 +285,20 @@ class Config:
     timeout_keep_alive: float = option(
         5.0, "Close idle keep-alive connections after this many seconds.", minimum=0, group="timeouts"
     )
+    timeout_request_header: float = option(
+        10.0,
+        "Seconds from the first byte of a request to the end of its head (408 and close beyond; "
+        "against slowloris); 0 waits forever.",
+        minimum=0,
+        group="timeouts",
+    )
+    timeout_request_body: float = option(
+        30.0,
+        "Seconds the client may stay silent while the app waits for request body bytes (408 and "
+        "close beyond); 0 waits forever.",
+        minimum=0,
+        group="timeouts",
+    )
     timeout_graceful_shutdown: float = option(
         30.0,
         "Seconds to let in-flight requests finish on shutdown before cancelling them.",

@@ -15,7 +15,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from polycorn.cycle import BODY, DONE, RequestCycle
+from polycorn import forwarded
+from polycorn.cycle import BODY, DONE, START, RequestCycle
 from polycorn.logs import escape, request_target
 from polycorn.parsing import ProtocolError
 from polycorn.response import error_response
@@ -30,18 +31,21 @@ logger = logging.getLogger("polycorn.error")
 Cycle = RequestCycle | WebSocketCycle
 
 # Request header names the connection acts on; everything else passes through untouched.
-_HOST, _CONNECTION, _EXPECT, _UPGRADE, _XFF, _XFP = range(6)
+_HOST, _CONNECTION, _EXPECT, _UPGRADE, _PROXY = range(5)
 _REQUEST_SPECIAL = {
     b"host": _HOST,
     b"connection": _CONNECTION,
     b"expect": _EXPECT,
     b"upgrade": _UPGRADE,
-    b"x-forwarded-for": _XFF,
-    b"x-forwarded-proto": _XFP,
+    b"x-forwarded-for": _PROXY,
+    b"x-forwarded-proto": _PROXY,
+    b"x-forwarded-host": _PROXY,
+    b"forwarded": _PROXY,
 }.get
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}.get
-_FORWARDED_SCHEMES = {b"http": "http", b"https": "https", b"ws": "ws", b"wss": "wss"}.get
+#: A deadline that never comes (a timeout set to 0).
+_NEVER = float("inf")
 
 
 class HttpConnection(asyncio.Protocol):
@@ -63,6 +67,8 @@ class HttpConnection(asyncio.Protocol):
         "drain_waiter",
         "deadline",
         "timer",
+        "timer_at",
+        "head_since",
         "closed",
         "eof",
         "upgrade",
@@ -86,6 +92,9 @@ class HttpConnection(asyncio.Protocol):
         self.drain_waiter: asyncio.Future[None] | None = None
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # when ``timer`` fires
+        #: When the first bytes of a request head not yet complete arrived (0.0: none pending).
+        self.head_since = 0.0
         self.closed = False
         self.eof = False
         self.upgrade: WebSocketCycle | None = None  # a WebSocket handshake the app has not answered
@@ -103,7 +112,7 @@ class HttpConnection(asyncio.Protocol):
             self.server = (str(sock[0]), int(sock[1]))
         elif sock:
             self.server = (str(sock), None)  # UNIX socket: (path, None) per the ASGI spec
-        self.trusted = service.trusts(self.client)
+        self.trusted = service.trusts(self.client, transport)
         if service.write_limits:
             transport.set_write_buffer_limits(high=service.write_high_water)  # type: ignore[attr-defined]
         if not service.accepting:
@@ -112,12 +121,19 @@ class HttpConnection(asyncio.Protocol):
             return
         if service.keep_alive:
             self._idle()  # a connection that never sends a request is idle too
+        elif service.header_timeout:
+            self._arm(self.loop.time() + service.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed(data)
         except ProtocolError as exc:
             self._protocol_error(exc)
+            return
+        # Nothing in flight after a feed means a head has begun but not ended (a completed one
+        # sets ``active``; one answered at once closes): the --timeout-request-header clock starts.
+        if self.active is None and self.head_since == 0.0 and self.parsing is None and not self.closed:
+            self._head_started()
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -173,6 +189,7 @@ class HttpConnection(asyncio.Protocol):
         upgrade_to = None
         client = self.client
         scheme = self.scheme
+        proxied: list[tuple[bytes, bytes]] | None = None  # proxy headers of a trusted peer
         for name, value in headers:
             kind = _REQUEST_SPECIAL(name)
             if kind is None:
@@ -195,15 +212,14 @@ class HttpConnection(asyncio.Protocol):
                     expect_continue = http_version == "1.1"
                 else:
                     raise ProtocolError(417, "unsupported expectation")
-            elif kind == _XFF:
-                if self.trusted:  # service.trusts() is False without --proxy-headers
-                    host = value.rpartition(b",")[2].strip().decode("latin-1")
-                    if host:
-                        client = (host, 0)
-            elif kind == _XFP and self.trusted:
-                proto = _FORWARDED_SCHEMES(value.rpartition(b",")[2].strip().lower())
-                if proto is not None:
-                    scheme = proto
+            elif self.trusted:  # a proxy header; service.trusts() is False without --proxy-headers
+                if proxied is None:
+                    proxied = []
+                proxied.append((name, value))
+        if proxied is not None:
+            client, scheme, headers = forwarded.apply(
+                proxied, client, scheme, headers, service.trusts_host, service.forwarded_host
+            )
         if not service.keep_alive:
             keep_alive = False  # --timeout-keep-alive 0: one request per connection
         if hosts != 1 and (hosts or http_version == "1.1"):
@@ -379,22 +395,82 @@ class HttpConnection(asyncio.Protocol):
         self.reading_paused = False
         self.transport.resume_reading()
 
-    # -- keep-alive ---------------------------------------------------------------------------------
+    # -- timeouts: keep-alive, request head, request body ---------------------------------------------
+    # One timer per connection with one deadline, whose meaning follows the state: idle (the
+    # keep-alive timeout), a head begun (--timeout-request-header) or the app waiting for body
+    # bytes (--timeout-request-body). It is re-armed lazily: a new deadline later than the timer
+    # only moves ``deadline``; the timer, when it fires, looks again.
     def _idle(self) -> None:
-        service = self.service
-        self.deadline = self.loop.time() + service.keep_alive
-        if self.timer is None:
-            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+        self.head_since = 0.0
+        self._arm(self.loop.time() + self.service.keep_alive)
+
+    def _arm(self, deadline: float) -> None:
+        """Set ``deadline``, bringing the timer forward only when it would fire after it."""
+        self.deadline = deadline
+        if deadline == _NEVER:
+            return  # a pending timer sees the deadline moved away and stops
+        timer = self.timer
+        if timer is not None:
+            if self.timer_at <= deadline:
+                return
+            timer.cancel()
+        self.timer_at = deadline
+        self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _head_started(self) -> None:
+        timeout = self.service.header_timeout
+        self.head_since = now = self.loop.time()
+        # 0: the head may take forever (the keep-alive deadline no longer applies either).
+        self._arm(now + timeout if timeout else _NEVER)
+
+    def waiting_for_body(self) -> None:
+        """The app awaits body bytes: the client has --timeout-request-body to send some."""
+        timeout = self.service.body_timeout
+        # Always set: the deadline left from the idle time before this request must not apply.
+        self._arm(self.loop.time() + timeout if timeout else _NEVER)
 
     def _on_timer(self) -> None:
-        # Re-armed lazily: a request in between only moves the deadline, it does not touch timers.
         self.timer = None
-        if self.active is not None or self.closed:
+        if self.closed:
             return
-        if self.loop.time() >= self.deadline:
-            self.close()
-        else:
+        active = self.active
+        if active is not None and not (
+            isinstance(active, RequestCycle) and active.waiter is not None and not active.body_done
+        ):
+            return  # busy, and not for want of body bytes: the next wait for the body re-arms
+        if self.loop.time() < self.deadline:
+            if self.deadline == _NEVER:
+                return
+            self.timer_at = self.deadline
             self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            return
+        if active is not None:
+            self._timed_out(active, "request body", "--timeout-request-body")
+        elif self.head_since:
+            why = "--timeout-request-header" if self.service.accepting else "shutting down"
+            self._timed_out(None, "request head", why)
+        else:
+            self.close()  # idle past --timeout-keep-alive (or shutting down): no request is lost
+
+    def _timed_out(self, cycle: RequestCycle | None, what: str, why: str) -> None:
+        """RFC 9110 §15.5.9: 408 to a request that did not arrive in time, then close."""
+        answer = cycle is None or cycle.state == START  # else a response has begun: only the close
+        logger.info(
+            "incomplete %s from %s (%s): %s",
+            what,
+            _peer(self.client),
+            why,
+            "answered 408, closing" if answer else "closing",
+        )
+        if cycle is not None:
+            cycle.disconnected = True  # the app's receive() gets http.disconnect
+            cycle.wake()
+            if answer:
+                cycle.state = DONE
+                cycle.status = 408
+        if answer:
+            self.transport.write(error_response(408, self.service.date_line))
+        self.close()
 
     def close_if_idle(self, linger: float = 0.0) -> bool:
         """Shutdown: close an idle connection, a busy one after its response (``connection: close``).
@@ -409,10 +485,7 @@ class HttpConnection(asyncio.Protocol):
                 return True
             deadline = self.loop.time() + linger
             if self.timer is None or deadline < self.deadline:
-                self.deadline = deadline
-                if self.timer is not None:
-                    self.timer.cancel()
-                self.timer = self.loop.call_at(deadline, self._on_timer)
+                self._arm(deadline)
         return False
 
     def close(self) -> None:

@@ -179,9 +179,12 @@ class RequestCycle:
             if self.body_done and not self.body_delivered:
                 break
             # Body pending, or body done and the app waits for a disconnect (long polling).
-            if self.conn.eof:
-                self.conn.close()  # a half-closed client sends nothing more: that is the disconnect
-            waiter = self.waiter = self.conn.loop.create_future()
+            conn = self.conn
+            if conn.eof:
+                conn.close()  # a half-closed client sends nothing more: that is the disconnect
+            elif not self.body_done:
+                conn.waiting_for_body()
+            waiter = self.waiter = conn.loop.create_future()
             try:
                 await waiter
             finally:

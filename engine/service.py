@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -60,6 +61,8 @@ class HttpService:
             h11_incomplete_event=config.head_limit_h11,
         )
         self.keep_alive = config.timeout_keep_alive
+        self.header_timeout = config.timeout_request_header
+        self.body_timeout = config.timeout_request_body
         self.read_high_water = config.read_high_water
         self.write_high_water = config.write_high_water
         #: asyncio's and uvloop's transports default to 64 KiB already: only other values are set.
@@ -71,7 +74,9 @@ class HttpService:
         self.root_path_bytes = config.root_path.encode("utf-8")
         self.proxy_headers = config.proxy_headers
         self._networks = config.forwarded_networks
-        #: trusts() per client address: parsing one costs about 3 µs per connection; bounded, so a
+        self._trust_unix = config.forwarded_unix
+        self.forwarded_host = config.forwarded_host
+        #: trusts_host() per address: parsing one costs about 3 µs per connection; bounded, so a
         #: flood of distinct addresses only makes it start over.
         self._trusted_hosts: dict[str, bool] = {}
         self.access_log = config.access_log and access_logger.isEnabledFor(logging.INFO) and not access_logger.disabled
@@ -182,15 +187,24 @@ class HttpService:
         if not self.accepting:
             self._check_drained()
 
-    def trusts(self, client: tuple[str, int] | None) -> bool:
-        """Whether this peer's X-Forwarded-* headers are believed (decided once per connection)."""
+    def trusts(self, client: tuple[str, int] | None, transport: asyncio.BaseTransport | None = None) -> bool:
+        """Whether this peer's proxy headers are believed (decided once per connection).
+
+        A peer without an address counts as a UNIX socket peer ('unix') only if its socket is
+        one: a TCP peer whose address could not be read stays untrusted.
+        """
         if not self.proxy_headers:
             return False
         if self._networks is None:
             return True
         if client is None:
-            return False
-        host = client[0]
+            return self._trust_unix and transport is not None and _is_unix(transport)
+        return self.trusts_host(client[0])
+
+    def trusts_host(self, host: str) -> bool:
+        """Whether an address, a peer's or one in X-Forwarded-For/Forwarded, is a trusted proxy."""
+        if self._networks is None:
+            return True
         known = self._trusted_hosts.get(host)
         if known is not None:
             return known
@@ -268,3 +282,8 @@ class HttpService:
 
     def protocol_factory(self) -> HttpConnection:
         return HttpConnection(self)
+
+
+def _is_unix(transport: asyncio.BaseTransport) -> bool:
+    family = getattr(transport.get_extra_info("socket"), "family", None)
+    return family is not None and family == getattr(socket, "AF_UNIX", None)

@@ -27,6 +27,8 @@ from tests.fixture_apps.process import FIXTURE_DIR, Child
     [
         ({"timeout_keep_alive": -1}, "--timeout-keep-alive"),
         ({"timeout_graceful_shutdown": -0.5}, "--timeout-graceful-shutdown"),
+        ({"timeout_request_header": -1}, "--timeout-request-header"),
+        ({"timeout_request_body": -1}, "--timeout-request-body"),
         ({"port": 65536}, "65535"),
         ({"port": -1}, "--port"),
         ({"port": "8000"}, "expected a number"),
