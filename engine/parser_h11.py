@@ -11,7 +11,7 @@ import re
 
 import h11
 
-from polycorn.parsing import ParserLimits, ProtocolError, Sink
+from polycorn.parsing import ParserLimits, ProtocolError, Sink, method_refused
 
 # 400 rather than 2xx: a 2xx would make h11 accept a CONNECT tunnel; no response here is sent.
 _PLACEHOLDER = h11.Response(status_code=400, headers=[(b"content-length", b"0")])
@@ -21,6 +21,8 @@ _END = h11.EndOfMessage()
 # HTAB in a field value, and HTTP versions llhttp does not know (the connection answers 505 to 2.0).
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 _VERSIONS = frozenset((b"1.0", b"1.1", b"2.0"))
+#: Bytes of a request line's start that decide its method (the longest method and its space fit).
+_METHOD_ROOM = 16
 #: Content-Length field lines of a raw head: h11 merges repeated or listed equal values into one
 #: field, so a head with several can only be told from the bytes (llhttp refuses such heads).
 _CONTENT_LENGTHS = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE).findall
@@ -56,6 +58,7 @@ class H11Adapter:
             # h11 only knows one buffer bound; tell an endless request line (414) from an
             # endless header block (431) the same way the httptools adapter does.
             end = data.find(b"\n")
+            self._check_method(end >= 0)
             length = self._line_len + (len(data) if end < 0 else end)
             if length > self._limits.request_line + 1:  # + 1: the CR before the LF
                 self._stopped = True
@@ -82,6 +85,12 @@ class H11Adapter:
             self._held_cr = True  # the rest of the line is in the next feed
             return b""
         return data
+
+    def _check_method(self, line_done: bool) -> None:
+        """Refuse a method llhttp does not serve, at the byte where llhttp would (400)."""
+        if method_refused(bytes(self._raw[:_METHOD_ROOM]), line_done):
+            self._stopped = self._awaiting_head = True
+            raise ProtocolError(400, "malformed request: invalid or unsupported method")
 
     def _check_raw_head(self) -> None:
         """What h11 lets through and llhttp refuses (RFC 9112 §2.2, §5.2; RFC 9110 §8.6)."""
@@ -192,10 +201,15 @@ class H11Adapter:
             data = conn.trailing_data[0]
             fresh = True
         self._awaiting_head = True
-        self._line_len = 0
         if fresh:
             data = self._skip_empty_lines(data)
             self._conn = conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.h11_incomplete_event)
             if data:
                 conn.receive_data(data)
         self._raw = bytearray(data[: self._limits.h11_incomplete_event + 4])  # the next head may have begun
+        if data:
+            line_done = b"\n" in data
+            self._check_method(line_done)
+            self._line_len = -1 if line_done else len(data)
+        else:
+            self._line_len = 0

@@ -22,6 +22,8 @@ class HttptoolsAdapter:
         "_in_body",
         "_completed",
         "_raw_head",
+        "_data",
+        "_earlier",
         "_stopped",
         "_limits",
         "on_body",
@@ -37,6 +39,9 @@ class HttptoolsAdapter:
         self._in_body = False  # the head went to the sink; its body and end are still due
         self._completed = False  # a message ended during the current feed()
         self._raw_head = 0
+        self._data = b""  # the bytes of the current feed()
+        #: The bytes before this feed that hold the start of a head still incomplete (see below).
+        self._earlier = b""
         self._stopped = False
         # The sink's own bound method is the body callback: no adapter frame per body chunk.
         self.on_body = sink.on_body
@@ -48,6 +53,7 @@ class HttptoolsAdapter:
         in_head = self._in_head
         idle = not in_head and not self._in_body
         self._completed = False
+        self._data = data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -76,12 +82,19 @@ class HttptoolsAdapter:
             # The head is still incomplete: bound what llhttp and httptools hold for a head that
             # never ends (a header line without an end, say), which no callback would reveal.
             # Only bytes known to be this head's count: never a previous message's tail.
+            # Keep the bytes holding its request line (up to the line's limit) for the check of
+            # an HTTP/1.0 request line in on_headers_complete.
+            keep = self._limits.request_line + 2
             if in_head and not self._completed:
                 self._raw_head += len(data)
+                if len(self._earlier) < keep:
+                    self._earlier += data[:keep]
             elif idle and not self._completed:
                 self._raw_head = len(data)  # the head began this feed, at its start
+                self._earlier = data[:keep]
             else:
                 self._raw_head = 0  # it began after another message: counted from the next feed
+                self._earlier = data[-keep:]  # it starts somewhere in here
             if self._raw_head > self._limits.head:
                 self._stopped = True
                 raise ProtocolError(431, "request head too large")
@@ -131,6 +144,12 @@ class HttptoolsAdapter:
         version = parser.get_http_version()
         if version == "0.9":
             raise ProtocolError(400, "malformed request: no HTTP version")  # "GET /" (HTTP/0.9)
+        if version == "1.0":
+            # llhttp also takes "RTSP/1.0" and "ICE/1.0" for a protocol, and tells only the
+            # version: make sure the line said HTTP (RTSP/2.0 gets the 505 any 2.0 gets).
+            line = b"%s %s HTTP/1.0\r\n" % (method, url)
+            if line not in self._data and line not in self._earlier + self._data:
+                raise ProtocolError(400, "malformed request: not an HTTP request line")
         # The whole head: request line, fields as "name: value" lines, CRLFs (as in the h11 adapter).
         if self._head_bytes + len(method) + len(url) + 14 > self._limits.head:
             raise ProtocolError(431, "request head too large")

@@ -21,6 +21,35 @@ class ProtocolError(Exception):
         self.headers = headers  # extra response header lines, e.g. a 426's Upgrade
 
 
+#: The methods served: llhttp's HTTP set (upper case only: methods are case-sensitive, RFC 9110
+#: §9.1). llhttp refuses any other method with 400, as soon as a byte leaves its method table; the
+#: h11 adapter mirrors that (:func:`method_refused`) so both parsers answer alike.
+KNOWN_METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE PATCH QUERY "  # RFC 9110, 5789, the QUERY draft
+    b"COPY LOCK MKCOL MOVE PROPFIND PROPPATCH SEARCH UNLOCK BIND REBIND UNBIND ACL "  # WebDAV
+    b"REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE "
+    b"PURGE MKCALENDAR LINK UNLINK SOURCE".split()
+)
+#: In llhttp's table but refused only once the request line is complete: RTSP's methods, and PRI
+#: (the HTTP/2 preface).
+_REFUSED_LATE = frozenset(
+    b"DESCRIBE ANNOUNCE SETUP PLAY PAUSE TEARDOWN GET_PARAMETER SET_PARAMETER REDIRECT RECORD FLUSH PRI".split()
+)
+#: Every beginning of a method in llhttp's table.
+_PREFIXES = frozenset(m[:i] for m in KNOWN_METHODS | _REFUSED_LATE for i in range(1, len(m) + 1))
+
+
+def method_refused(start: bytes, line_done: bool) -> bool:
+    """Whether llhttp would have refused a request line that begins with ``start`` by now."""
+    sp = start.find(b" ")
+    if sp < 0:
+        return line_done or start not in _PREFIXES
+    method = start[:sp]
+    if method in KNOWN_METHODS:
+        return False
+    return line_done or method not in _REFUSED_LATE
+
+
 @dataclass(frozen=True, slots=True)
 class ParserLimits:
     request_line: int = 8190
