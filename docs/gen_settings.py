@@ -26,6 +26,7 @@ END = "<!-- options:end -->"
 #: Section titles for the ``group`` metadata; a group not listed here is shown title-cased.
 GROUP_TITLES = {
     "socket": "Sockets",
+    "tls": "TLS",
     "implementation": "Implementation",
     "application": "Application",
     "logging": "Logging",
@@ -140,8 +141,12 @@ def render_settings() -> str:
         "Values are checked when the `Config` is built, before anything binds: a bad value stops Polycorn",
         "with one line on stderr and exit code 2. Besides the types and minimums below, `--port` must be at",
         "most 65535, `--uds` and `--fd` exclude each other, `--root-path` must start with `/`,",
-        "`--forwarded-allow-ips` must list IP addresses or networks (or `*`) and each `--header` must be a",
-        "valid `Name:Value` pair of latin-1 text without control characters.",
+        "`--forwarded-allow-ips` must list IP addresses or networks, `unix` or `*`, and each `--header`",
+        "must be a valid `Name:Value` pair of latin-1 text without control characters.",
+        "The other `--ssl-*` options need `--ssl-certfile`, the files they name must exist,",
+        "`--ssl-cert-reqs optional` or `required` needs `--ssl-ca-certs` (and `--ssl-ca-certs` needs one of",
+        "them); a certificate or key that cannot be loaded, or a wrong key password, stops Polycorn the",
+        "same way at start-up. See [TLS](deployment.md#tls-https-and-wss) for what the app is told.",
         "",
     ]
     for group, fields in _groups():

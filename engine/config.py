@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,11 +34,13 @@ def option(
     metavar: str | None = None,
     group: str = "server",
     envvar: str | None = None,
+    secret: bool = False,
 ) -> Any:
     """Declare one option: a dataclass field whose metadata feeds the CLI and the docs.
 
     ``kind`` is ``value`` (typed by the default or ``metavar``), ``bool`` (``--x/--no-x``),
-    ``flag`` (a plain on switch), ``choice`` or ``multi`` (repeatable).
+    ``flag`` (a plain on switch), ``choice`` or ``multi`` (repeatable). A ``secret`` stays out of
+    the config's repr, which logs and tracebacks may show.
     """
     meta = {
         "help": help,
@@ -51,7 +54,7 @@ def option(
     }
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults are not allowed in Config")
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,50 @@ class Config:
     )
     backlog: int = option(
         2048, "Maximum number of connections waiting in the kernel accept queue.", minimum=1, group="socket"
+    )
+
+    # --- TLS -------------------------------------------------------------------------------
+    ssl_certfile: str | None = option(
+        None,
+        "Serve HTTPS: the server's PEM certificate file (its chain may follow; so may the key).",
+        metavar="PATH",
+        group="tls",
+    )
+    ssl_keyfile: str | None = option(
+        None, "PEM private key of --ssl-certfile, when it is not in that file.", metavar="PATH", group="tls"
+    )
+    ssl_keyfile_password: str | None = option(
+        None,
+        "Password of an encrypted private key (the environment variable keeps it out of the process list).",
+        metavar="TEXT",
+        group="tls",
+        envvar="POLYCORN_SSL_KEYFILE_PASSWORD",
+        secret=True,
+    )
+    ssl_cert_reqs: str = option(
+        "none",
+        "Client certificates: 'none' asks for none, 'optional' checks one if sent, 'required' refuses "
+        "clients without one (uvicorn's 0, 1, 2 work too).",
+        metavar="none|optional|required",
+        group="tls",
+    )
+    ssl_ca_certs: str | None = option(
+        None,
+        "PEM file (or directory) of the CA certificates client certificates must chain to.",
+        metavar="PATH",
+        group="tls",
+    )
+    ssl_ciphers: str | None = option(
+        None,
+        "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's); default: Python's secure list.",
+        metavar="TEXT",
+        group="tls",
+    )
+    ssl_min_version: Literal["TLSv1.2", "TLSv1.3"] = option(
+        "TLSv1.2", "Oldest TLS version accepted.", kind="choice", choices=("TLSv1.2", "TLSv1.3"), group="tls"
+    )
+    ssl_handshake_timeout: float = option(
+        10.0, "Seconds a client has to complete the TLS handshake.", minimum=0.1, group="tls"
     )
 
     # --- workers ---------------------------------------------------------------------------
@@ -229,13 +276,24 @@ class Config:
 
     # --- proxies ---------------------------------------------------------------------------
     proxy_headers: bool = option(
-        True, "Trust X-Forwarded-For/X-Forwarded-Proto from --forwarded-allow-ips peers.", kind="bool", group="proxy"
+        True,
+        "Take the client address and scheme from X-Forwarded-For/X-Forwarded-Proto and Forwarded "
+        "(RFC 7239) sent by --forwarded-allow-ips peers.",
+        kind="bool",
+        group="proxy",
     )
     forwarded_allow_ips: str = option(
         "127.0.0.1",
-        "Comma-separated IPs or CIDRs (or '*') whose proxy headers are trusted.",
+        "Comma-separated IPs or CIDRs whose proxy headers are trusted; 'unix' trusts UNIX socket "
+        "peers, '*' every peer.",
         group="proxy",
         envvar="FORWARDED_ALLOW_IPS",
+    )
+    forwarded_host: bool = option(
+        False,
+        "Let a trusted proxy's X-Forwarded-Host (or Forwarded host=) replace the request's Host header.",
+        kind="bool",
+        group="proxy",
     )
 
     # --- limits ----------------------------------------------------------------------------
@@ -355,6 +413,7 @@ class Config:
         _ = self.forwarded_networks  # validate eagerly
         if self.root_path and not self.root_path.startswith("/"):
             raise ConfigError(f"--root-path: must start with '/', got {self.root_path!r}")
+        _check_tls(self)
 
     def replace(self, **changes: Any) -> Config:
         """A new validated Config with some options changed."""
@@ -368,15 +427,68 @@ class Config:
             return None
         nets = []
         for item in items:
+            if item.lower() == "unix":
+                continue  # see forwarded_unix
             try:
                 nets.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
-                raise ConfigError(f"--forwarded-allow-ips: {item!r} is not an IP address or network") from None
+                raise ConfigError(
+                    f"--forwarded-allow-ips: {item!r} is not an IP address or network, 'unix' or '*'"
+                ) from None
         return tuple(nets)
+
+    @property
+    def forwarded_unix(self) -> bool:
+        """Whether peers on a UNIX domain socket are trusted ('unix' or '*'): they have no address."""
+        items = {s.strip().lower() for s in self.forwarded_allow_ips.split(",")}
+        return "unix" in items or "*" in items
 
     @property
     def head_limit_h11(self) -> int:
         return self.h11_max_incomplete_event_size or self.limit_request_head
+
+
+#: --ssl-cert-reqs spellings: the names, and uvicorn's numbers (ssl.CERT_NONE, _OPTIONAL, _REQUIRED).
+_CERT_REQS = {
+    "none": "none",
+    "optional": "optional",
+    "required": "required",
+    "0": "none",
+    "1": "optional",
+    "2": "required",
+}
+
+
+def _check_tls(config: Config) -> None:
+    """TLS options need --ssl-certfile, their files must exist, and client checks need a CA."""
+    reqs: Any = config.ssl_cert_reqs
+    key = str(int(reqs)) if isinstance(reqs, int) and not isinstance(reqs, bool) else str(reqs).strip().lower()
+    if key not in _CERT_REQS:
+        raise ConfigError(f"--ssl-cert-reqs: expected none, optional or required (or 0, 1, 2), got {reqs!r}")
+    object.__setattr__(config, "ssl_cert_reqs", _CERT_REQS[key])
+    if config.ssl_certfile is None:
+        given = [
+            cli_flag(f)
+            for f in option_fields()
+            if f.metadata["group"] == "tls" and getattr(config, f.name) != f.default
+        ]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only used with --ssl-certfile")
+        return
+    for flag, path in (("--ssl-certfile", config.ssl_certfile), ("--ssl-keyfile", config.ssl_keyfile)):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"{flag}: no such file {path!r}")
+    if config.ssl_ca_certs is not None and not os.path.exists(config.ssl_ca_certs):
+        raise ConfigError(f"--ssl-ca-certs: no such file or directory {config.ssl_ca_certs!r}")
+    if config.ssl_cert_reqs != "none" and config.ssl_ca_certs is None:
+        raise ConfigError(
+            f"--ssl-cert-reqs {config.ssl_cert_reqs}: needs --ssl-ca-certs, the CAs that sign client certificates"
+        )
+    if config.ssl_ca_certs is not None and config.ssl_cert_reqs == "none":
+        # Not silently ignored: whoever gives a CA expects client certificates to be checked.
+        raise ConfigError(
+            "--ssl-ca-certs: client certificates are only checked with --ssl-cert-reqs optional or required"
+        )
 
 
 def _parse_header(item: Any) -> tuple[str, str]:

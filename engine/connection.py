@@ -57,6 +57,7 @@ class HttpConnection(asyncio.Protocol):
         "client",
         "server",
         "scheme",
+        "tls",
         "trusted",
         "active",
         "parsing",
@@ -81,7 +82,8 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int | None] | None = None
-        self.scheme = "http"  # no TLS served yet; a trusted proxy's X-Forwarded-Proto may change it
+        self.scheme = "http"  # "https" over TLS; a trusted proxy's X-Forwarded-Proto may change it
+        self.tls: dict[str, Any] | None = None  # the ASGI tls extension, over TLS only
         self.trusted = False
         self.active: Cycle | None = None  # the cycle whose response is being written
         self.parsing: Cycle | None = None  # the cycle receiving body bytes
@@ -112,6 +114,9 @@ class HttpConnection(asyncio.Protocol):
             self.server = (str(sock[0]), int(sock[1]))
         elif sock:
             self.server = (str(sock), None)  # UNIX socket: (path, None) per the ASGI spec
+        if service.tls is not None:
+            self.scheme = "https"
+            self.tls = service.tls.extension(transport)  # once: every request of it shares it
         self.trusted = service.trusts(self.client, transport)
         if service.write_limits:
             transport.set_write_buffer_limits(high=service.write_high_water)  # type: ignore[attr-defined]
@@ -260,6 +265,8 @@ class HttpConnection(asyncio.Protocol):
             "state": service.state.copy(),
             "extensions": {"http.response.pathsend": {}},
         }
+        if self.tls is not None:
+            scope["extensions"]["tls"] = self.tls
         if not keep_alive:
             self.parser.stop()  # an upgrade (switching) is always the last request
         cycle: Cycle
@@ -299,6 +306,8 @@ class HttpConnection(asyncio.Protocol):
         scope["type"] = "websocket"
         del scope["method"]
         scope["extensions"] = {"websocket.http.response": {}}
+        if self.tls is not None:
+            scope["extensions"]["tls"] = self.tls
         cycle = self.upgrade = WebSocketCycle.upgrade(self, method, target, scope)
         self.pause_reading()  # frames stay in the kernel until the app accepts
         return cycle

@@ -24,6 +24,7 @@ from polycorn.websocket import GOING_AWAY, SERVICE_RESTART, websocket_settings
 
 if TYPE_CHECKING:
     from polycorn.connection import Cycle
+    from polycorn.tls import ServerTLS
     from polycorn.websocket import WebSocketCycle
 
 logger = logging.getLogger("polycorn.error")
@@ -48,10 +49,13 @@ class HttpService:
         state: dict[str, Any] | None = None,
         on_max_requests: Callable[[], None] | None = None,
         max_requests: int | None = None,
+        tls: ServerTLS | None = None,
     ) -> None:
         self.config = config
         self.app = app
         self.loop = loop
+        #: TLS settings when serving HTTPS; its connections then say "https" and get the tls extension.
+        self.tls = tls
         self.state: dict[str, Any] = state if state is not None else {}
         self.parser_class = parser_class(config.http)
         self.parser_limits = ParserLimits(

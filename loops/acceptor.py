@@ -15,7 +15,9 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger("polycorn.error")
 
@@ -33,8 +35,10 @@ class Acceptor:
         sock: socket.socket,
         factory: Callable[[], asyncio.Protocol],
         batch: int,
+        ssl_options: dict[str, Any] | None = None,
     ) -> None:
         self._loop = loop
+        self._ssl_options = ssl_options or {}  # TLS: the context and handshake timeout
         self._sock = sock
         self._fd = sock.fileno()
         self._factory = factory
@@ -67,7 +71,14 @@ class Acceptor:
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
-            await self._loop.connect_accepted_socket(self._factory, conn)
+            await self._loop.connect_accepted_socket(self._factory, conn, **self._ssl_options)
+        except OSError as exc:
+            # A failed TLS handshake (an SSLError, whose cause polycorn.tls logged), a handshake
+            # timeout, or a client gone before its transport was made: nothing for the loop.
+            conn.close()
+            if not isinstance(exc, ssl.SSLError):
+                what = "TLS handshake did not complete" if self._ssl_options else "connection lost while being set up"
+                logger.debug("%s: %s", what, exc)
         except BaseException:
             conn.close()
             raise

@@ -26,6 +26,7 @@ from polycorn.loops.acceptor import Acceptor
 from polycorn.loops.allocator import tune_malloc
 from polycorn.loops.coordination import LoopCoordinator
 from polycorn.service import HttpService
+from polycorn.tls import server_tls
 from polycorn.version import __version__
 
 logger = logging.getLogger("polycorn.error")
@@ -94,6 +95,7 @@ class Server:
         self._force = asyncio.Event()
         if self._exit_requested:
             self._exit.set()
+        tls = server_tls(config)  # unreadable certificates stop the server before the app is imported
         tune_malloc(config.malloc_trim_threshold)  # process-wide; each worker process sets it
         app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
         self.bound = listen if listen is not None else [sockets.bind(config)]
@@ -113,6 +115,7 @@ class Server:
             lifespan.state,
             on_max_requests=hooks.on_recycle if hooks is not None else self.request_exit,
             max_requests=max_requests,
+            tls=tls,
         )
         await self._accept(True)
         if not service.reject and config.limit_concurrency:
@@ -180,7 +183,7 @@ class Server:
             os.getpid(),
         )
         for sock in self.bound:
-            logger.info("listening on %s (press CTRL+C to quit)", sockets.describe(sock))
+            logger.info("listening on %s (press CTRL+C to quit)", sockets.describe(sock, self.config))
 
     async def _accept(self, on: bool) -> None:
         """Start or stop accepting on every listening socket.
@@ -196,11 +199,13 @@ class Server:
         if on and not self._listeners:
             loop = asyncio.get_running_loop()
             factory = self.service.protocol_factory
+            tls = self.service.tls
+            ssl_options = tls.loop_options if tls is not None else {}
             for sock in self.bound:
                 if isinstance(loop, asyncio.SelectorEventLoop):
-                    self._listeners.append(Acceptor(loop, sock, factory, self.config.backlog))
+                    self._listeners.append(Acceptor(loop, sock, factory, self.config.backlog, ssl_options))
                     continue
-                srv = await loop.create_server(factory, sock=sock.dup(), backlog=self.config.backlog)
+                srv = await loop.create_server(factory, sock=sock.dup(), backlog=self.config.backlog, **ssl_options)
                 if not self._accepting_wanted or self._exit_requested:  # stopped while starting
                     srv.close()
                     break

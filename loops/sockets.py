@@ -66,12 +66,13 @@ def _bind_unix(path: str, backlog: int) -> socket.socket:
     return sock
 
 
-def describe(sock: socket.socket) -> str:
+def describe(sock: socket.socket, config: Config | None = None) -> str:
     """The address users can connect to, with the real port when port 0 was asked for."""
     if sock.family == getattr(socket, "AF_UNIX", None):
         return f"unix:{sock.getsockname()}"
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if config is not None and config.ssl_certfile is not None else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def bind_reuseport(host: str, port: int, backlog: int) -> socket.socket:

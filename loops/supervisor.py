@@ -24,6 +24,7 @@ from polycorn.errors import AppLoadError, AppStartupError, ConfigError, Polycorn
 from polycorn.loops import eventloop, sockets
 from polycorn.loops.coordination import SharedStats
 from polycorn.loops.workers import ProcessWorker, ThreadWorker, Worker
+from polycorn.tls import server_tls
 from polycorn.version import __version__
 
 logger = logging.getLogger("polycorn.error")
@@ -96,6 +97,9 @@ class Supervisor:
             from polycorn.loops.reload import check_available
 
             check_available()
+        # Each worker builds its own SSLContext (one cannot be pickled); this one only makes bad
+        # certificate files or a wrong key password stop the server before any worker starts.
+        server_tls(config)
 
     def run(self) -> None:
         eventloop.run(self.main(), eventloop.loop_factory(self.config.loop))
@@ -148,7 +152,7 @@ class Supervisor:
             "one SO_REUSEPORT socket each" if self.shared is None else "one shared socket",
         )
         for sock in listen:
-            logger.info("listening on %s (press CTRL+C to quit)", sockets.describe(sock))
+            logger.info("listening on %s (press CTRL+C to quit)", sockets.describe(sock, self.config))
         try:
             started = [self._spawn(seat) for seat in range(self.count)]
             results = await asyncio.gather(*(w.ready for w in started))
