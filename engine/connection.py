@@ -364,6 +364,9 @@ class HttpConnection(asyncio.Protocol):
             return
         pipeline = self.pipeline
         if pipeline:
+            if self.transport.is_closing():
+                self.close()  # a write found the client gone: run none of its queued requests
+                return
             self._run(pipeline.popleft())
             if not pipeline:
                 self.maybe_resume_reading()
@@ -375,7 +378,11 @@ class HttpConnection(asyncio.Protocol):
             self._send_error(self.pending_error)
             return
         if not service.accepting:
-            self.close()
+            # Shutting down, after a response whose head promised keep-alive: a next request
+            # already on its way is still answered (with connection: close), as on idle ones.
+            self.head_since = 0.0
+            self.maybe_resume_reading()
+            self.close_if_idle(service.shutdown_linger)
             return
         self.maybe_resume_reading()
         self._idle()

@@ -216,6 +216,11 @@ class RequestCycle:
             return
         if state == DONE:
             raise RuntimeError(f"ASGI message {mtype!r} sent after the response was complete")
+        if state == BODY and self.conn.transport.is_closing():
+            # A write failed (the client reset): connection_lost comes only once the loop runs,
+            # and an app that streams without waiting would otherwise send its whole body first.
+            self.disconnected = True
+            raise ClientDisconnected("the client disconnected")
         if mtype == "http.response.body":
             self._body(message.get("body", b""), message.get("more_body", False))
         elif mtype == "http.response.pathsend":
