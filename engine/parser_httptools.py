@@ -144,12 +144,13 @@ class HttptoolsAdapter:
         version = parser.get_http_version()
         if version == "0.9":
             raise ProtocolError(400, "malformed request: no HTTP version")  # "GET /" (HTTP/0.9)
-        if version == "1.0":
-            # llhttp also takes "RTSP/1.0" and "ICE/1.0" for a protocol, and tells only the
-            # version: make sure the line said HTTP (RTSP/2.0 gets the 505 any 2.0 gets).
-            line = b"%s %s HTTP/1.0\r\n" % (method, url)
-            if line not in self._data and line not in self._earlier + self._data:
-                raise ProtocolError(400, "malformed request: not an HTTP request line")
+        # llhttp takes several spaces between the parts of the request line, and "RTSP/1.0" or
+        # "ICE/1.0" for the protocol, telling only the version: RFC 9112 §3 wants one space each,
+        # and HTTP. Usually the line starts this feed; else it is somewhere in the bytes kept.
+        line = b"%s %s HTTP/" % (method, url)
+        data = self._data
+        if not data.startswith(line) and line not in data and line not in self._earlier + data:
+            raise ProtocolError(400, "malformed request: invalid request line")
         # The whole head: request line, fields as "name: value" lines, CRLFs (as in the h11 adapter).
         if self._head_bytes + len(method) + len(url) + 14 > self._limits.head:
             raise ProtocolError(431, "request head too large")

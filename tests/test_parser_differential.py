@@ -503,6 +503,11 @@ CORPUS = [
     # Incomplete: neither has refused yet (the line may still be a valid request).
     Case("known-method-prefix-incomplete", b"PROPF", heads=0),
     Case("rtsp-method-incomplete-line", b"SETUP / HT", heads=0),
+    # llhttp takes several spaces between the request line's parts (RFC 9112 §3: one each).
+    Case("double-space-request-line", req(b"GET  / HTTP/1.1\nHost: h\n"), status=400, heads=0),
+    Case("double-space-before-version", req(b"GET /  HTTP/1.1\nHost: h\n"), status=400, heads=0),
+    Case("double-space-pipelined", GET + req(b"GET /x  HTTP/1.1\nHost: h\n"), status=400, heads=1),
+    Case("rtsp-2-protocol", req(b"GET /x RTSP/2.0\nHost: h\n"), status=400, heads=0),
     # llhttp also parses RTSP/1.0 and ICE/1.0 request lines, reporting version 1.0 only.
     Case("rtsp-protocol", req(b"GET /x RTSP/1.0\nHost: h\n"), status=400, heads=0),
     Case("rtsp-protocol-rtsp-method", req(b"SETUP /x RTSP/1.0\nHost: h\n"), status=400, heads=0),
@@ -527,8 +532,6 @@ KNOWN_DIVERGENCES = [
         heads=1,
         ends=0,
     ),
-    # llhttp accepts two spaces after the method; h11 refuses with 400.
-    Case("double-space-request-line", req(b"GET  / HTTP/1.1\nHost: h\n"), status=400, heads=0),
 ]
 
 
