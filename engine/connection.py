@@ -195,6 +195,7 @@ class HttpConnection(asyncio.Protocol):
         client = self.client
         scheme = self.scheme
         proxied: list[tuple[bytes, bytes]] | None = None  # proxy headers of a trusted peer
+        closing = False
         for name, value in headers:
             kind = _REQUEST_SPECIAL(name)
             if kind is None:
@@ -205,7 +206,7 @@ class HttpConnection(asyncio.Protocol):
                 for token in value.lower().split(b","):
                     token = token.strip()
                     if token == b"close":
-                        keep_alive = False
+                        closing = True
                     elif token == b"keep-alive" and http_version == "1.0":
                         keep_alive = True
                     elif token == b"upgrade":
@@ -230,7 +231,10 @@ class HttpConnection(asyncio.Protocol):
         if hosts != 1 and (hosts or http_version == "1.1"):
             # RFC 9112 §3.2: exactly one Host in HTTP/1.1; never several.
             raise ProtocolError(400, "missing Host header" if not hosts else "several Host headers")
-        switching = upgrade or method == b"CONNECT"
+        if closing:
+            keep_alive = False  # RFC 9112 §9.6: close wins, wherever it stands among the tokens
+        # llhttp switches protocols only for a non-empty Upgrade field (and the h11 adapter too).
+        switching = (upgrade and bool(upgrade_to)) or method == b"CONNECT"
         if switching:
             # No protocol switch is served here: answer the request as plain HTTP and close, as
             # RFC 9110 §7.8 allows; httptools stops parsing at such a request anyway.

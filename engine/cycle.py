@@ -291,7 +291,7 @@ class RequestCycle:
             self.chunked = False
         elif self.scope["http_version"] == "1.1":
             framing = b"transfer-encoding: chunked\r\n"
-            self.chunked = True
+            self.chunked = not self.is_head  # a HEAD answer says how GET's is framed, and stops
         else:
             self.chunked = False
             self.keep_alive = False  # HTTP/1.0: the close delimits the body (RFC 9112 §6.3)

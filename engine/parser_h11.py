@@ -26,10 +26,21 @@ _METHOD_ROOM = 16
 #: Content-Length field lines of a raw head: h11 merges repeated or listed equal values into one
 #: field, so a head with several can only be told from the bytes (llhttp refuses such heads).
 _CONTENT_LENGTHS = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE).findall
+#: llhttp counts a body length in 64 bits and refuses a larger Content-Length (h11 takes 20 digits).
+_MAX_CONTENT_LENGTH = 2**64 - 1
+
+
+def _raw_cap(limits: ParserLimits) -> int:
+    """How many bytes of a head to keep for the checks h11 does not make: all of a head within either limit.
+
+    h11 bounds only a head still incomplete: one that comes whole in a single read may be longer
+    than --h11-max-incomplete-event-size. A whole head longer than this is refused (431).
+    """
+    return max(limits.head, limits.h11_incomplete_event) + 4
 
 
 class H11Adapter:
-    __slots__ = ("_conn", "_sink", "_limits", "_stopped", "_line_len", "_awaiting_head", "_raw", "_held_cr")
+    __slots__ = ("_conn", "_sink", "_limits", "_stopped", "_line_len", "_awaiting_head", "_raw")
 
     def __init__(self, sink: Sink, limits: ParserLimits) -> None:
         self._sink = sink
@@ -40,7 +51,6 @@ class H11Adapter:
         self._awaiting_head = True
         #: The bytes of the head h11 is waiting for, kept for the checks h11 does not make.
         self._raw = bytearray()
-        self._held_cr = False  # a CR that may start an empty line before the request line
 
     def feed(self, data: bytes) -> None:
         if self._stopped and self._awaiting_head:
@@ -51,7 +61,7 @@ class H11Adapter:
                 data = self._skip_empty_lines(data)
                 if not data:
                     return
-            cap = self._limits.h11_incomplete_event + 4  # h11 accepts no longer head
+            cap = _raw_cap(self._limits)
             if len(raw) < cap:
                 raw += data[: cap - len(raw)]  # a body in the same packet is not copied
         if self._awaiting_head and self._line_len >= 0:
@@ -74,17 +84,14 @@ class H11Adapter:
     def stop(self) -> None:
         self._stopped = True
 
-    def _skip_empty_lines(self, data: bytes) -> bytes:
-        """RFC 9112 §2.2: empty lines (CRLF) before a request line are ignored, as llhttp does."""
-        if self._held_cr:
-            self._held_cr = False
-            data = b"\r" + data
-        while data[:2] == b"\r\n":
-            data = data[2:]
-        if data == b"\r":
-            self._held_cr = True  # the rest of the line is in the next feed
-            return b""
-        return data
+    @staticmethod
+    def _skip_empty_lines(data: bytes) -> bytes:
+        """RFC 9112 §2.2: empty lines before a request line are ignored, as llhttp does.
+
+        llhttp skips every CR and LF there, in any order (a bare LF or a lone CR too), not just
+        CRLF pairs: so does this adapter, or the same bytes would be a 400 here and a request there.
+        """
+        return data.lstrip(b"\r\n")
 
     def _check_method(self, line_done: bool) -> None:
         """Refuse a method llhttp does not serve, at the byte where llhttp would (400)."""
@@ -101,7 +108,9 @@ class H11Adapter:
             raise ProtocolError(400, "malformed request: bare LF as a line end")
         self._raw = bytearray()
         if crlf_end < 0:
-            return  # not reached: h11 saw a whole head, so it ends in one of the two forms
+            # The head came whole in one read, longer than the bytes kept (more than either
+            # limit, see _raw_cap): too large, and its end and what it holds are out of sight.
+            raise ProtocolError(431, "request head too large")
         head = bytes(raw[: crlf_end + 3])
         if head.count(b"\n") != head.count(b"\r\n"):
             raise ProtocolError(400, "malformed request: bare LF as a line end")
@@ -173,10 +182,12 @@ class H11Adapter:
                 raise ProtocolError(400, "malformed request: invalid character in a header value")
             if name == b"content-length":
                 framing |= 1
+                if len(value) > 19 and int(value) > _MAX_CONTENT_LENGTH:
+                    raise ProtocolError(400, "malformed request: Content-Length too large")
             elif name == b"transfer-encoding":
                 framing |= 2
             elif name == b"upgrade":
-                upgrade = True
+                upgrade = upgrade or bool(value)  # llhttp ignores an empty Upgrade field
             elif name == b"connection":
                 connection_upgrade = connection_upgrade or b"upgrade" in [t.strip() for t in value.lower().split(b",")]
         if size > limits.head:
@@ -194,7 +205,7 @@ class H11Adapter:
             conn.start_next_cycle()
             data = conn.trailing_data[0]
             # h11 refuses empty lines before the next request line; they are skipped instead.
-            fresh = data[:1] == b"\r"
+            fresh = data[:1] in (b"\r", b"\n")
         except h11.LocalProtocolError:
             # h11 never keeps an HTTP/1.0 connection open, but the sink did not stop, so this
             # one asked for keep-alive: go on with a fresh h11 connection and the bytes received.
@@ -206,7 +217,7 @@ class H11Adapter:
             self._conn = conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.h11_incomplete_event)
             if data:
                 conn.receive_data(data)
-        self._raw = bytearray(data[: self._limits.h11_incomplete_event + 4])  # the next head may have begun
+        self._raw = bytearray(data[: _raw_cap(self._limits)])  # the next head may have begun
         if data:
             line_done = b"\n" in data
             self._check_method(line_done)

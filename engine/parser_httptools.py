@@ -23,7 +23,9 @@ class HttptoolsAdapter:
         "_completed",
         "_raw_head",
         "_data",
+        "_fresh",
         "_earlier",
+        "_earlier_whole",
         "_stopped",
         "_limits",
         "on_body",
@@ -40,8 +42,10 @@ class HttptoolsAdapter:
         self._completed = False  # a message ended during the current feed()
         self._raw_head = 0
         self._data = b""  # the bytes of the current feed()
+        self._fresh = True  # the current feed() began between messages
         #: The bytes before this feed that hold the start of a head still incomplete (see below).
         self._earlier = b""
+        self._earlier_whole = False  # ``_earlier`` begins where the head does
         self._stopped = False
         # The sink's own bound method is the body callback: no adapter frame per body chunk.
         self.on_body = sink.on_body
@@ -54,6 +58,7 @@ class HttptoolsAdapter:
         idle = not in_head and not self._in_body
         self._completed = False
         self._data = data
+        self._fresh = idle
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -92,9 +97,11 @@ class HttptoolsAdapter:
             elif idle and not self._completed:
                 self._raw_head = len(data)  # the head began this feed, at its start
                 self._earlier = data[:keep]
+                self._earlier_whole = True
             else:
                 self._raw_head = 0  # it began after another message: counted from the next feed
                 self._earlier = data[-keep:]  # it starts somewhere in here
+                self._earlier_whole = False
             if self._raw_head > self._limits.head:
                 self._stopped = True
                 raise ProtocolError(431, "request head too large")
@@ -129,6 +136,9 @@ class HttptoolsAdapter:
             value = value.lower()
             if value != b"chunked":
                 raise ProtocolError(400, "unsupported transfer coding")
+        elif name == b"content-length" and len(value) > 20:
+            # h11 takes at most 20 digits (leading zeros included); llhttp only bounds the value.
+            raise ProtocolError(400, "malformed request: Content-Length too long")
         headers.append((name, value))
         self._head_bytes += len(name) + len(value) + 4
         if len(headers) > self._limits.fields:
@@ -149,7 +159,7 @@ class HttptoolsAdapter:
         # and HTTP. Usually the line starts this feed; else it is somewhere in the bytes kept.
         line = b"%s %s HTTP/" % (method, url)
         data = self._data
-        if not data.startswith(line) and line not in data and line not in self._earlier + data:
+        if not data.startswith(line) and not self._line_ok(line, data):
             raise ProtocolError(400, "malformed request: invalid request line")
         # The whole head: request line, fields as "name: value" lines, CRLFs (as in the h11 adapter).
         if self._head_bytes + len(method) + len(url) + 14 > self._limits.head:
@@ -159,6 +169,17 @@ class HttptoolsAdapter:
         self._head_bytes = 0
         self._in_body = True
         self._sink.on_head(method, url, version, headers)
+
+    def _line_ok(self, line: bytes, data: bytes) -> bool:
+        """Whether the request line reads ``line`` where this head began, as far as that is known."""
+        if not self._completed:
+            if self._fresh:  # the head began this feed, after empty lines
+                return data.lstrip(b"\r\n").startswith(line)
+            if self._earlier_whole:  # it began at the start of an earlier feed
+                return (self._earlier + data).lstrip(b"\r\n").startswith(line)
+        # It followed another message in the same feed: httptools tells no offsets, so the line
+        # need only be among the bytes.
+        return line in self._earlier + data
 
     def on_message_complete(self) -> None:
         self._in_body = False
