@@ -11,6 +11,7 @@ import re
 
 import h11
 
+from polycorn.chunked import ChunkedBody
 from polycorn.parsing import ParserLimits, ProtocolError, Sink, method_refused
 
 # 400 rather than 2xx: a 2xx would make h11 accept a CONNECT tunnel; no response here is sent.
@@ -28,6 +29,8 @@ _METHOD_ROOM = 16
 _CONTENT_LENGTHS = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE).findall
 #: llhttp counts a body length in 64 bits and refuses a larger Content-Length (h11 takes 20 digits).
 _MAX_CONTENT_LENGTH = 2**64 - 1
+#: How a request's body is framed, as _check_head() finds it.
+_PLAIN, _CHUNKED, _SWITCH = range(3)
 
 
 def _raw_cap(limits: ParserLimits) -> int:
@@ -40,7 +43,7 @@ def _raw_cap(limits: ParserLimits) -> int:
 
 
 class H11Adapter:
-    __slots__ = ("_conn", "_sink", "_limits", "_stopped", "_line_len", "_awaiting_head", "_raw")
+    __slots__ = ("_conn", "_sink", "_limits", "_stopped", "_line_len", "_awaiting_head", "_raw", "_chunks")
 
     def __init__(self, sink: Sink, limits: ParserLimits) -> None:
         self._sink = sink
@@ -51,10 +54,20 @@ class H11Adapter:
         self._awaiting_head = True
         #: The bytes of the head h11 is waiting for, kept for the checks h11 does not make.
         self._raw = bytearray()
+        #: A chunked body being decoded (h11 parses heads only: see polycorn.chunked).
+        self._chunks: ChunkedBody | None = None
 
     def feed(self, data: bytes) -> None:
         if self._stopped and self._awaiting_head:
             return  # stop() lets the current message finish: its body is still the app's
+        if self._chunks is not None:
+            try:
+                if self._feed_chunks(data):
+                    self._drain()
+            except ProtocolError:
+                self._stopped = self._awaiting_head = True
+                raise
+            return
         if self._awaiting_head:
             raw = self._raw
             if not raw:
@@ -141,8 +154,14 @@ class H11Adapter:
                 target = event.target  # type: ignore[union-attr]
                 version = event.http_version  # type: ignore[union-attr]
                 headers = list(event.headers)  # type: ignore[union-attr]
-                if self._check_head(method, target, version, headers):
+                framing = self._check_head(method, target, version, headers)
+                if framing != _SWITCH:
                     sink.on_head(method, target, version.decode("ascii"), headers)
+                    if framing == _CHUNKED:
+                        self._chunks = ChunkedBody(sink, self._limits)
+                        if not self._feed_chunks(bytes(conn.trailing_data[0])):
+                            return
+                        conn = self._conn  # a fresh one, holding what followed the body
                     continue
                 # Upgrade or CONNECT: llhttp hands such a request over without a body and stops
                 # there, since what follows is another protocol; do the same.
@@ -163,8 +182,8 @@ class H11Adapter:
             else:  # NEED_DATA, PAUSED or ConnectionClosed
                 return
 
-    def _check_head(self, method: bytes, target: bytes, version: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Apply the limits and the checks llhttp makes; False for an Upgrade or CONNECT request."""
+    def _check_head(self, method: bytes, target: bytes, version: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+        """Apply the limits and the checks llhttp makes; say how the body is framed."""
         if version not in _VERSIONS:
             raise ProtocolError(400, "malformed request: invalid HTTP version")
         limits = self._limits
@@ -195,7 +214,25 @@ class H11Adapter:
         if framing == 3:
             # RFC 9112 §6.3: a smuggling vector; llhttp refuses it too.
             raise ProtocolError(400, "malformed request: both Content-Length and Transfer-Encoding")
-        return not ((upgrade and connection_upgrade) or method == b"CONNECT")
+        if (upgrade and connection_upgrade) or method == b"CONNECT":
+            return _SWITCH
+        return _CHUNKED if framing == 2 else _PLAIN
+
+    def _feed_chunks(self, data: bytes) -> bool:
+        """Decode chunked body bytes; True once the message ended and a fresh h11 connection holds
+        what followed it (to be drained), False while the body goes on or nothing follows."""
+        chunks = self._chunks
+        assert chunks is not None
+        end = chunks.feed(data)
+        if end < 0:
+            return False
+        self._chunks = None
+        self._sink.on_message_complete()
+        if self._stopped:
+            self._awaiting_head = True
+            return False
+        self._restart(data[end:])
+        return True
 
     def _next_cycle(self) -> None:
         conn = self._conn
@@ -211,13 +248,24 @@ class H11Adapter:
             # one asked for keep-alive: go on with a fresh h11 connection and the bytes received.
             data = conn.trailing_data[0]
             fresh = True
-        self._awaiting_head = True
         if fresh:
-            data = self._skip_empty_lines(data)
-            self._conn = conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.h11_incomplete_event)
-            if data:
-                conn.receive_data(data)
-        self._raw = bytearray(data[: _raw_cap(self._limits)])  # the next head may have begun
+            self._restart(data)
+            return
+        self._awaiting_head = True
+        self._expect_head(data)
+
+    def _restart(self, data: bytes) -> None:
+        """A fresh h11 connection for the next request, given the bytes received after the last."""
+        self._awaiting_head = True
+        data = self._skip_empty_lines(data)
+        self._conn = conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.h11_incomplete_event)
+        if data:
+            conn.receive_data(data)
+        self._expect_head(data)
+
+    def _expect_head(self, data: bytes) -> None:
+        """Start the checks of the next head on the bytes of it already received."""
+        self._raw = bytearray(data[: _raw_cap(self._limits)])
         if data:
             line_done = b"\n" in data
             self._check_method(line_done)

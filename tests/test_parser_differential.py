@@ -503,6 +503,68 @@ CORPUS = [
     # Incomplete: neither has refused yet (the line may still be a valid request).
     Case("known-method-prefix-incomplete", b"PROPF", heads=0),
     Case("rtsp-method-incomplete-line", b"SETUP / HT", heads=0),
+    # -- chunked bodies: the h11 adapter decodes them itself (polycorn.chunked), as llhttp does --
+    *[
+        Case(f"chunked-{name}", req(b"POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n", body), **expect)
+        for name, body, expect in [
+            ("size-trailing-space", b"3 \r\nabc\r\n0\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("size-trailing-tab", b"3\t\r\nabc\r\n0\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("size-overflow", b"10000000000000000\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("size-max", b"FFFFFFFFFFFFFFFF\r\nabc", {"heads": 1, "ends": 0}),
+            ("size-leading-zeros", b"000000000000000000003\r\nabc\r\n0\r\n\r\n", {"heads": 1}),
+            ("size-bare-lf", b"3\nabc\r\n0\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("data-too-long", b"3\r\nabcX\r\n0\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("data-bare-lf", b"3\r\nabc\n0\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("ext-space-after-semicolon", b"3; a=b\r\nabc\r\n0\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("ext-space-around-equals", b"3;a = b\r\nabc\r\n0\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("ext-trailing-space", b"3;a=b \r\nabc\r\n0\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("ext-empty-name", b"0;\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("ext-trailing-semicolon", b"3;a=b;\r\nabc\r\n0\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("ext-two-equals", b"3;a=b=c\r\nabc\r\n0\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("ext-obs-text-token", b"3;a=x\x80\r\nabc\r\n0\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("ext-ctl-in-quotes", b'3;a="x\x01"\r\nabc\r\n0\r\n\r\n', {"status": 400, "heads": 1, "ends": 0}),
+            ("ext-escaped-ctl", b'3;a="x\\\x01"\r\nabc\r\n0\r\n\r\n', {"status": 400, "heads": 1, "ends": 0}),
+            ("ext-obs-text-quoted", b'3;a="x\x80"\r\nabc\r\n0\r\n\r\n', {"heads": 1}),
+            ("ext-escaped-quote", b'3;a="x\\"y";b\r\nabc\r\n0\r\n\r\n', {"heads": 1}),
+            ("ext-empty-value", b"3;a=\r\nabc\r\n0\r\n\r\n", {"heads": 1}),
+            ("ext-unterminated-quote", b'3;a="open\r\nabc\r\n0\r\n\r\n', {"status": 400, "heads": 1, "ends": 0}),
+            ("ext-endless", b"3;" + b"x" * 3000, {"heads": 1, "ends": 0}),
+            ("trailer", b"0\r\nX: y \r\nHost: x\r\n\r\n", {"heads": 1}),
+            ("trailer-space-before-colon", b"0\r\nX : y\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("trailer-bare-lf", b"0\r\nX: y\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("trailer-bare-lf-end", b"0\r\nX: y\r\n\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("trailer-section-bare-lf", b"0\r\n\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("trailer-obs-fold", b"0\r\nX: a\r\n b\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("trailer-content-length", b"0\r\nContent-Length: 5\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            (
+                "trailer-transfer-encoding",
+                b"0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                {"status": 400, "heads": 1, "ends": 0},
+            ),
+            ("trailer-empty-name", b"0\r\n: y\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("trailer-no-colon", b"0\r\nX\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("trailer-ctl", b"0\r\nX:\x01\r\n\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("trailer-cr-cr-lf", b"0\r\n\r\r\n", {"status": 400, "heads": 1, "ends": 0}),
+            ("then-pipelined", b"3\r\nabc\r\n0\r\n\r\n" + GET + b"\r\n" + GET, {"heads": 3}),
+            (
+                "then-pipelined-chunked",
+                b"1\r\na\r\n0\r\n\r\nPOST /2 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nbc\r\n0\r\n\r\n",
+                {"heads": 2},
+            ),
+            ("then-bad-method", b"0\r\n\r\nget / HTTP/1.1\r\n\r\n", {"status": 400, "heads": 1}),
+        ]
+    ],
+    Case(
+        "chunked-trailer-limits",
+        req(
+            b"POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n",
+            b"0\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(11)) + b"\r\n",
+        ),
+        status=431,
+        heads=1,
+        ends=0,
+        limits=SMALL,
+    ),
     # llhttp takes several spaces between the request line's parts (RFC 9112 §3: one each).
     Case("double-space-request-line", req(b"GET  / HTTP/1.1\nHost: h\n"), status=400, heads=0),
     Case("double-space-before-version", req(b"GET /  HTTP/1.1\nHost: h\n"), status=400, heads=0),
@@ -517,30 +579,6 @@ CORPUS = [
         "http10-long-line-pipelined",
         GET + req(b"GET /" + b"a" * 300 + b" HTTP/1.0\nHost: h\n"),
         heads=2,
-    ),
-]
-
-#: Inputs the two parsers still answer differently: llhttp and h11 each normalise these before the
-#: adapter sees them, so no adapter-level check can tell them apart (see the report in the PR).
-#: strict xfail: the day one is fixed this fails and the case moves up into CORPUS.
-KNOWN_DIVERGENCES = [
-    # A chunk-size line that never ends: h11 refuses it past its buffer bound (431); llhttp streams
-    # over chunk extensions without holding them, so only --timeout-request-body ends it there.
-    Case(
-        "chunk-extension-endless",
-        req(b"POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n", b"3;" + b"x" * 3000),
-        status=431,
-        heads=1,
-        ends=0,
-        limits=SMALL,
-    ),
-    # h11 accepts whitespace after the chunk size; llhttp refuses with 400.
-    Case(
-        "chunk-size-trailing-space",
-        req(b"POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n", b"3 \r\nabc\r\n0\r\n\r\n"),
-        status=400,
-        heads=1,
-        ends=0,
     ),
 ]
 
@@ -579,19 +617,6 @@ def test_corpus_random_splits(data: st.DataObject) -> None:
     size = len(case.data)
     cuts = data.draw(st.lists(st.integers(1, max(1, size - 1)), max_size=12), label="cuts")
     outcome = assert_same(case.data, cuts, case.limits)
-    _check_expectations(case, outcome)
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="known parser divergence"))
-        for c in KNOWN_DIVERGENCES
-    ],
-    ids=[c.id for c in KNOWN_DIVERGENCES],
-)
-def test_known_divergences(case: Case) -> None:
-    outcome = assert_same(case.data, (), case.limits)
     _check_expectations(case, outcome)
 
 
