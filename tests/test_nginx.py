@@ -203,19 +203,15 @@ def nginx(tmp_path: Path) -> Iterator[Callable[..., Nginx]]:
 
 
 @pytest.fixture
-def polycorn_server() -> Iterator[Callable[..., RunningServer]]:
-    servers: list[RunningServer] = []
+def polycorn_server(serve: Callable[..., RunningServer]) -> Callable[..., RunningServer]:
+    """conftest's ``serve`` with the fixture app, trusting nginx's address (127.0.0.1)."""
 
     def start(**options: Any) -> RunningServer:
         options.setdefault("log_level", "warning")
-        options.setdefault("forwarded_allow_ips", "127.0.0.1")  # nginx connects from 127.0.0.1
-        srv = RunningServer(app, **options).start()
-        servers.append(srv)
-        return srv
+        options.setdefault("forwarded_allow_ips", "127.0.0.1")
+        return serve(app, **options)
 
-    yield start
-    for srv in servers:
-        srv.stop()
+    return start
 
 
 def client_from(address: str, tls: bool = False) -> httpx.Client:

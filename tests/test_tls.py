@@ -425,9 +425,9 @@ def _single_error_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_cli_wrong_password_is_one_line(certs: Certs, workers: str) -> None:
-    result = run_cli(
+def https_args(certs: Certs, workers: str) -> list[str]:
+    """The demo app over TLS with the encrypted key, on a free port."""
+    return [
         "polycorn.demo:app",
         "--port",
         "0",
@@ -437,9 +437,12 @@ def test_cli_wrong_password_is_one_line(certs: Certs, workers: str) -> None:
         certs.certfile,
         "--ssl-keyfile",
         certs.encrypted_key,
-        "--ssl-keyfile-password",
-        "wrong",
-    )
+    ]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cli_wrong_password_is_one_line(certs: Certs, workers: str) -> None:
+    result = run_cli(*https_args(certs, workers), "--ssl-keyfile-password", "wrong")
     assert result.returncode == 2
     assert "wrong password" in _single_error_line(result.stderr)
 
@@ -452,18 +455,7 @@ def test_cli_option_error_is_one_line(certs: Certs) -> None:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_cli_serves_https(certs: Certs, workers: str) -> None:
-    child = polycorn(
-        "polycorn.demo:app",
-        "--port",
-        "0",
-        "--workers",
-        workers,
-        "--ssl-certfile",
-        certs.certfile,
-        "--ssl-keyfile",
-        certs.encrypted_key,
-        env={"POLYCORN_SSL_KEYFILE_PASSWORD": PASSWORD},
-    )
+    child = polycorn(*https_args(certs, workers), env={"POLYCORN_SSL_KEYFILE_PASSWORD": PASSWORD})
     try:
         output = child.wait_for("listening on https://")
         if workers != "1":
