@@ -24,6 +24,7 @@ class HttptoolsAdapter:
         "_raw_head",
         "_data",
         "_fresh",
+        "_seen",
         "_earlier",
         "_earlier_whole",
         "_stopped",
@@ -43,6 +44,7 @@ class HttptoolsAdapter:
         self._raw_head = 0
         self._data = b""  # the bytes of the current feed()
         self._fresh = True  # the current feed() began between messages
+        self._seen = 0  # where in the current feed the last request line checked ended
         #: The bytes before this feed that hold the start of a head still incomplete (see below).
         self._earlier = b""
         self._earlier_whole = False  # ``_earlier`` begins where the head does
@@ -59,6 +61,7 @@ class HttptoolsAdapter:
         self._completed = False
         self._data = data
         self._fresh = idle
+        self._seen = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -159,8 +162,11 @@ class HttptoolsAdapter:
         # and HTTP. Usually the line starts this feed; else it is somewhere in the bytes kept.
         line = b"%s %s HTTP/" % (method, url)
         data = self._data
-        if not data.startswith(line) and not self._line_ok(line, data):
-            raise ProtocolError(400, "malformed request: invalid request line")
+        if self._completed or not data.startswith(line):
+            if not self._line_ok(line, data):
+                raise ProtocolError(400, "malformed request: invalid request line")
+        else:
+            self._seen = len(line)
         # The whole head: request line, fields as "name: value" lines, CRLFs (as in the h11 adapter).
         if self._head_bytes + len(method) + len(url) + 14 > self._limits.head:
             raise ProtocolError(431, "request head too large")
@@ -174,12 +180,19 @@ class HttptoolsAdapter:
         """Whether the request line reads ``line`` where this head began, as far as that is known."""
         if not self._completed:
             if self._fresh:  # the head began this feed, after empty lines
-                return data.lstrip(b"\r\n").startswith(line)
+                rest = data.lstrip(b"\r\n")
+                self._seen = len(data) - len(rest) + len(line)
+                return rest.startswith(line)
             if self._earlier_whole:  # it began at the start of an earlier feed
                 return (self._earlier + data).lstrip(b"\r\n").startswith(line)
-        # It followed another message in the same feed: httptools tells no offsets, so the line
-        # need only be among the bytes.
-        return line in self._earlier + data
+            return line in self._earlier + data  # it began after another message, feeds ago
+        # It followed another message in this feed: httptools tells no offsets, so the line need
+        # only come after the previous request line (never the same one again).
+        at = data.find(line, self._seen)
+        if at < 0:
+            return False
+        self._seen = at + len(line)
+        return True
 
     def on_message_complete(self) -> None:
         self._in_body = False

@@ -569,6 +569,8 @@ CORPUS = [
     Case("double-space-request-line", req(b"GET  / HTTP/1.1\nHost: h\n"), status=400, heads=0),
     Case("double-space-before-version", req(b"GET /  HTTP/1.1\nHost: h\n"), status=400, heads=0),
     Case("double-space-pipelined", GET + req(b"GET /x  HTTP/1.1\nHost: h\n"), status=400, heads=1),
+    Case("double-space-after-same-line", GET + req(b"GET  / HTTP/1.1\nHost: h\n"), status=400, heads=1),
+    Case("double-space-first-then-same-line", req(b"GET  / HTTP/1.1\nHost: h\n") + GET, status=400, heads=0),
     Case("rtsp-2-protocol", req(b"GET /x RTSP/2.0\nHost: h\n"), status=400, heads=0),
     # llhttp also parses RTSP/1.0 and ICE/1.0 request lines, reporting version 1.0 only.
     Case("rtsp-protocol", req(b"GET /x RTSP/1.0\nHost: h\n"), status=400, heads=0),
