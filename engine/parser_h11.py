@@ -29,8 +29,8 @@ _METHOD_ROOM = 16
 _CONTENT_LENGTHS = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE).findall
 #: llhttp counts a body length in 64 bits and refuses a larger Content-Length (h11 takes 20 digits).
 _MAX_CONTENT_LENGTH = 2**64 - 1
-#: How a request's body is framed, as _check_head() finds it.
-_PLAIN, _CHUNKED, _SWITCH = range(3)
+#: How a request's body is framed, as _check_head() finds it (else its Content-Length, 0 if none).
+_CHUNKED, _SWITCH = -1, -2
 
 
 def _raw_cap(limits: ParserLimits) -> int:
@@ -43,7 +43,7 @@ def _raw_cap(limits: ParserLimits) -> int:
 
 
 class H11Adapter:
-    __slots__ = ("_conn", "_sink", "_limits", "_stopped", "_line_len", "_awaiting_head", "_raw", "_chunks")
+    __slots__ = ("_conn", "_sink", "_limits", "_stopped", "_line_len", "_awaiting_head", "_raw", "_body")
 
     def __init__(self, sink: Sink, limits: ParserLimits) -> None:
         self._sink = sink
@@ -54,15 +54,15 @@ class H11Adapter:
         self._awaiting_head = True
         #: The bytes of the head h11 is waiting for, kept for the checks h11 does not make.
         self._raw = bytearray()
-        #: A chunked body being decoded (h11 parses heads only: see polycorn.chunked).
-        self._chunks: ChunkedBody | None = None
+        #: The body being read: h11 parses heads only (see _FixedBody and polycorn.chunked).
+        self._body: ChunkedBody | _FixedBody | None = None
 
     def feed(self, data: bytes) -> None:
         if self._stopped and self._awaiting_head:
             return  # stop() lets the current message finish: its body is still the app's
-        if self._chunks is not None:
+        if self._body is not None:
             try:
-                if self._feed_chunks(data):
+                if self._feed_body(data):
                     self._drain()
             except ProtocolError:
                 self._stopped = self._awaiting_head = True
@@ -157,9 +157,13 @@ class H11Adapter:
                 framing = self._check_head(method, target, version, headers)
                 if framing != _SWITCH:
                     sink.on_head(method, target, version.decode("ascii"), headers)
-                    if framing == _CHUNKED:
-                        self._chunks = ChunkedBody(sink, self._limits)
-                        if not self._feed_chunks(bytes(conn.trailing_data[0])):
+                    if framing:
+                        # The body is read here, not by h11 (whose chunk reader is lenient and
+                        # whose events cost more than counting bytes).
+                        self._body = (
+                            ChunkedBody(sink, self._limits) if framing == _CHUNKED else _FixedBody(sink, framing)
+                        )
+                        if not self._feed_body(conn.trailing_data[0]):
                             return
                         conn = self._conn  # a fresh one, holding what followed the body
                     continue
@@ -193,7 +197,7 @@ class H11Adapter:
         if len(headers) > limits.fields:
             raise ProtocolError(431, "too many header fields")
         size = line + 4  # the two CRLFs around the field lines
-        framing = 0
+        framing = length = 0
         upgrade = connection_upgrade = False
         for name, value in headers:
             size += len(name) + len(value) + 4  # "name: value" CRLF
@@ -201,7 +205,8 @@ class H11Adapter:
                 raise ProtocolError(400, "malformed request: invalid character in a header value")
             if name == b"content-length":
                 framing |= 1
-                if len(value) > 19 and int(value) > _MAX_CONTENT_LENGTH:
+                length = int(value)  # h11 made sure it is one run of digits
+                if length > _MAX_CONTENT_LENGTH:
                     raise ProtocolError(400, "malformed request: Content-Length too large")
             elif name == b"transfer-encoding":
                 framing |= 2
@@ -216,17 +221,17 @@ class H11Adapter:
             raise ProtocolError(400, "malformed request: both Content-Length and Transfer-Encoding")
         if (upgrade and connection_upgrade) or method == b"CONNECT":
             return _SWITCH
-        return _CHUNKED if framing == 2 else _PLAIN
+        return _CHUNKED if framing == 2 else length
 
-    def _feed_chunks(self, data: bytes) -> bool:
-        """Decode chunked body bytes; True once the message ended and a fresh h11 connection holds
-        what followed it (to be drained), False while the body goes on or nothing follows."""
-        chunks = self._chunks
-        assert chunks is not None
-        end = chunks.feed(data)
+    def _feed_body(self, data: bytes) -> bool:
+        """Read body bytes; True once the message ended and a fresh h11 connection holds what
+        followed it (to be drained), False while the body goes on or nothing follows."""
+        body = self._body
+        assert body is not None
+        end = body.feed(data)
         if end < 0:
             return False
-        self._chunks = None
+        self._body = None
         self._sink.on_message_complete()
         if self._stopped:
             self._awaiting_head = True
@@ -272,3 +277,26 @@ class H11Adapter:
             self._line_len = -1 if line_done else len(data)
         else:
             self._line_len = 0
+
+
+class _FixedBody:
+    """A Content-Length body, passed on as it arrives; its end is found by counting."""
+
+    __slots__ = ("_sink", "_left")
+
+    def __init__(self, sink: Sink, length: int) -> None:
+        self._sink = sink
+        self._left = length
+
+    def feed(self, data: bytes) -> int:
+        """Like ``ChunkedBody.feed``: the offset just past the body once it is complete, else -1."""
+        left = self._left
+        size = len(data)
+        if size < left:
+            if size:
+                self._sink.on_body(data)
+            self._left = left - size
+            return -1
+        self._sink.on_body(data if size == left else data[:left])
+        self._left = 0
+        return left
