@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from polycorn.response import (
     CONTINUE,
     NO_BODY_STATUSES,
-    VALID_HEADER_BLOCK,
+    TOKEN,
     error_response,
     status_line,
+    valid_header_block,
 )
 
 if TYPE_CHECKING:
@@ -31,15 +32,33 @@ HEAD = 1  # start received, head not written yet
 BODY = 2  # head written, more body may follow
 DONE = 3  # response complete
 
-# Response header names that change framing or replace a server default.
-_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _SERVER, _DATE = range(5)
+# Response header names that change framing or replace a server default; _ORDINARY for the rest.
+_ORDINARY, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _SERVER, _DATE = range(-1, 5)
 _RESPONSE_SPECIAL = {
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"connection": _CONNECTION,
     b"server": _SERVER,
     b"date": _DATE,
-}.get
+}
+#: Response header names seen (as the app spells them) and their kind: an app sends the same few
+#: names again and again, so each is checked to be a token and lowercased once, not per response.
+#: Bounded: a flood of distinct names only makes it start over.
+_NAME_KINDS: dict[bytes, int] = {}
+_NAME_KINDS_SIZE = 1024
+
+
+def _name_kind(name: Any) -> int:
+    """The kind of a header name not seen before, checked to be a token (RFC 9110 §5.1)."""
+    if not isinstance(name, (bytes, bytearray)) or TOKEN(name) is None:
+        raise RuntimeError(f"invalid response header name {name!r}")
+    kind = _RESPONSE_SPECIAL.get(bytes(name).lower(), _ORDINARY)
+    if type(name) is bytes:
+        if len(_NAME_KINDS) >= _NAME_KINDS_SIZE:
+            _NAME_KINDS.clear()
+        _NAME_KINDS[name] = kind
+    return kind
+
 
 _PATHSEND_CHUNK = 256 * 1024
 #: Streamed body parts smaller than this are held back and written together (see ``pending``),
@@ -237,9 +256,15 @@ class RequestCycle:
         parts: list[bytes] = []
         append = parts.append
         replaced = 0
+        kinds = _NAME_KINDS
         for name, value in message.get("headers", ()):
-            kind = _RESPONSE_SPECIAL(name.lower())
-            if kind is not None:
+            try:
+                kind = kinds.get(name)
+            except TypeError:  # unhashable: a bytearray
+                kind = None
+            if kind is None:
+                kind = _name_kind(name)
+            if kind != _ORDINARY:
                 if kind == _CONTENT_LENGTH:
                     try:
                         length = int(value)
@@ -263,9 +288,8 @@ class RequestCycle:
             append(value)
             append(b"\r\n")
         block = b"".join(parts)
-        # One line per header: a value holding "\r\nname: x" would otherwise pass as two lines.
-        if VALID_HEADER_BLOCK(block) is None or block.count(b"\n") != len(parts) >> 2:
-            raise RuntimeError("invalid response header name or value (CR, LF or NUL, or a non-token name)")
+        if not valid_header_block(block, len(parts) >> 2):  # names are tokens (above)
+            raise RuntimeError("invalid response header value (CR, LF or NUL)")
         self.status = status
         self.head_block = block
         self.replaced = replaced

@@ -20,7 +20,7 @@ from polycorn.cycle import DONE, ClientDisconnected, RequestCycle
 from polycorn.errors import ConfigError
 from polycorn.logs import escape
 from polycorn.parsing import ProtocolError
-from polycorn.response import VALID_HEADER_BLOCK, error_response
+from polycorn.response import TOKEN, error_response, valid_header_block
 
 try:
     from websockets.datastructures import Headers
@@ -358,6 +358,8 @@ class WebSocketCycle(asyncio.Protocol):
         parts = []
         app_server = app_date = False
         for name, value in message.get("headers") or ():
+            if not isinstance(name, (bytes, bytearray)) or TOKEN(name) is None:
+                raise RuntimeError(f"invalid WebSocket accept header name {name!r}")
             lname = name.lower()
             if lname == b"sec-websocket-protocol":
                 # The spec wants the subprotocol key; accept the header too, but never twice.
@@ -370,8 +372,8 @@ class WebSocketCycle(asyncio.Protocol):
         if subprotocol is not None:
             parts.append(b"sec-websocket-protocol: %s\r\n" % subprotocol.encode("latin-1"))
         block = b"".join(parts)
-        if VALID_HEADER_BLOCK(block) is None or block.count(b"\n") != len(parts):
-            raise RuntimeError("invalid WebSocket accept header name or value (CR, LF or NUL, or a non-token name)")
+        if not valid_header_block(block, len(parts)):
+            raise RuntimeError("invalid WebSocket accept header value (CR, LF or NUL)")
         headers = self.response.headers
         head = [_SWITCHING, b"sec-websocket-accept: %s\r\n" % headers["Sec-WebSocket-Accept"].encode("ascii")]
         extensions = headers.get("Sec-WebSocket-Extensions")

@@ -272,6 +272,31 @@ def test_header_value_control_bytes_refused(serve: Any, stack: dict[str, str], v
     assert header_values(headers, "x-bad") == []
 
 
+@pytest.mark.parametrize(
+    "name",
+    [b"x bad", b"x:evil", b"", b"x\r\ny", b"caf\xe9", "x-str"],
+    ids=["space", "colon", "empty", "crlf", "non-ascii", "str"],
+)
+def test_header_name_not_a_token_refused(serve: Any, stack: dict[str, str], name: Any) -> None:
+    srv = serve(responder(headers=[(b"x-ok", b"1"), (name, b"v")]), **stack)
+    for _ in range(2):  # the second time the known name x-ok comes from the cache of names seen
+        data = exchange(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        line, headers, _ = split_response(data)
+        assert line.startswith("HTTP/1.1 500")
+        assert header_values(headers, "x-ok") == []
+
+
+def test_header_names_as_bytearray_and_mixed_case(serve: Any, stack: dict[str, str]) -> None:
+    headers = [(bytearray(b"X-Array"), b"1"), (b"Content-Length", b"2"), (b"SERVER", b"mine")]
+    srv = serve(responder(headers=headers, body=b"ok"), **stack)
+    data = exchange(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    line, got, body = split_response(data)
+    assert line.startswith("HTTP/1.1 200") and body == b"ok"
+    assert header_values(got, "x-array") == ["1"]
+    assert header_values(got, "server") == ["mine"]  # the app's server header replaces ours
+    assert header_values(got, "content-length") == ["2"]
+
+
 def test_app_server_and_date_headers_replace_defaults(serve: Any, stack: dict[str, str]) -> None:
     srv = serve(responder(headers=[(b"Server", b"mine/1.0"), (b"date", b"Thu, 01 Jan 1970 00:00:00 GMT")]), **stack)
     data = exchange(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

@@ -378,13 +378,18 @@ def test_app_ending_after_accept_closes(serve: Any, when: str, code: int) -> Non
     run(client())
 
 
-def test_invalid_accept_header_is_refused(serve: Any) -> None:
-    srv = serve(echo_app(headers=[(b"x-bad", b"a\r\nset-cookie: x=1")]))
+@pytest.mark.parametrize(
+    "header",
+    [(b"x-bad", b"a\r\nset-cookie: x=1"), (b"x-bad", b"a\x00b"), (b"set-cookie: x=1\r\nx", b"v"), (b"x bad", b"v")],
+    ids=["crlf-in-value", "nul-in-value", "crlf-in-name", "space-in-name"],
+)
+def test_invalid_accept_header_is_refused(serve: Any, header: tuple[bytes, bytes]) -> None:
+    srv = serve(echo_app(headers=[header]))
     sock = connect(srv.port)
     sock.sendall(handshake_request())
     status, headers, _ = read_response(sock)
     sock.close()
-    assert status == 500 and "set-cookie" not in headers
+    assert status == 500 and "set-cookie" not in headers and "x-bad" not in headers
 
 
 def test_http_and_websocket_on_one_server(serve: Any, stack: dict[str, str]) -> None:
