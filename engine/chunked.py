@@ -9,18 +9,14 @@ llhttp does, so that no extension is ever held in memory; chunk data is passed o
 
 from __future__ import annotations
 
-import re
+from polycorn.parsing import INVALID_VALUE_BYTE, MAX_LENGTH, TCHARS, ParserLimits, ProtocolError, Sink
 
-from polycorn.parsing import ParserLimits, ProtocolError, Sink
-
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TCHAR = frozenset(TCHARS)
 _HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
 #: RFC 9110 §5.6.4: qdtext and the byte after a backslash in a quoted-string.
 _QDTEXT = frozenset((0x09, 0x20, 0x21, *range(0x23, 0x5C), *range(0x5D, 0x7F), *range(0x80, 0x100)))
 _QUOTED_PAIR = frozenset((0x09, 0x20, *range(0x21, 0x7F), *range(0x80, 0x100)))
-_MAX_SIZE = 2**64 - 1  # llhttp counts a chunk size in 64 bits
 _CR, _LF, _SEMICOLON, _EQUALS, _QUOTE, _BACKSLASH = 13, 10, 59, 61, 34, 92
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 #: Trailer fields that would change the framing after the fact (llhttp refuses them).
 _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 
@@ -97,7 +93,7 @@ class ChunkedBody:
                 if digit is not None:
                     self._size = size = self._size * 16 + digit
                     self._digits += 1
-                    if size > _MAX_SIZE:
+                    if size > MAX_LENGTH:
                         raise _refuse("chunk size too large")
                 elif not self._digits:
                     raise _refuse("invalid chunk size")
@@ -181,7 +177,7 @@ class ChunkedBody:
         if not colon or not name or not _TCHAR.issuperset(name):
             raise _refuse("invalid trailer field")
         value = value.strip(b" \t")
-        if _BAD_VALUE(value) is not None:
+        if INVALID_VALUE_BYTE(value) is not None:
             raise _refuse("invalid character in a trailer field value")
         if name.lower() in _FRAMING_FIELDS:
             raise _refuse("a framing field in the trailer section")

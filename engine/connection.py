@@ -309,9 +309,9 @@ class HttpConnection(asyncio.Protocol):
         """
         scope["type"] = "websocket"
         del scope["method"]
-        scope["extensions"] = {"websocket.http.response": {}}
-        if self.tls is not None:
-            scope["extensions"]["tls"] = self.tls
+        extensions = scope["extensions"]  # the tls one, if any, stays
+        del extensions["http.response.pathsend"]
+        extensions["websocket.http.response"] = {}
         cycle = self.upgrade = WebSocketCycle.upgrade(self, method, target, scope)
         self.pause_reading()  # frames stay in the kernel until the app accepts
         return cycle

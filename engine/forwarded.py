@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from polycorn.parsing import TCHARS
+
 #: The scheme an HTTP request gets from X-Forwarded-Proto or ``proto=``. A WebSocket session turns
 #: http/https into ws/wss itself, so ``ws``/``wss`` from a proxy mean the same as http/https.
 _SCHEMES = {b"http": "http", b"https": "https", b"ws": "http", b"wss": "https"}.get
@@ -34,7 +36,7 @@ _IPV6 = re.compile(rb"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\Z").match
 #: A Host value: reg-name, IPv4 or [IPv6], and an optional port (RFC 9110 §7.2), kept strict.
 _HOST = re.compile(rb"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z").match
 
-_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_TOKEN = b"[%s]+" % re.escape(TCHARS)
 #: One piece of a Forwarded field (RFC 7239 §4): an optional ``name=value`` pair and what follows
 #: it, ``;`` (same element), ``,`` (next element) or the end.
 _PIECE = re.compile(rb"[ \t]*(?:(" + _TOKEN + rb")=(?:(" + _TOKEN + rb')|"((?:[^"\\]|\\.)*)"))?[ \t]*(,|;|\Z)').match

@@ -12,23 +12,19 @@ import re
 import h11
 
 from polycorn.chunked import ChunkedBody
-from polycorn.parsing import ParserLimits, ProtocolError, Sink, method_refused
+from polycorn.parsing import INVALID_VALUE_BYTE, MAX_LENGTH, ParserLimits, ProtocolError, Sink, method_refused
 
 # 400 rather than 2xx: a 2xx would make h11 accept a CONNECT tunnel; no response here is sent.
 _PLACEHOLDER = h11.Response(status_code=400, headers=[(b"content-length", b"0")])
 _END = h11.EndOfMessage()
 
-# What llhttp (the httptools adapter) refuses and h11 lets through: control characters other than
-# HTAB in a field value, and HTTP versions llhttp does not know (the connection answers 505 to 2.0).
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+# HTTP versions llhttp knows (the connection answers 505 to 2.0); h11 lets any version through.
 _VERSIONS = frozenset((b"1.0", b"1.1", b"2.0"))
 #: Bytes of a request line's start that decide its method (the longest method and its space fit).
 _METHOD_ROOM = 16
 #: Content-Length field lines of a raw head: h11 merges repeated or listed equal values into one
 #: field, so a head with several can only be told from the bytes (llhttp refuses such heads).
 _CONTENT_LENGTHS = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE).findall
-#: llhttp counts a body length in 64 bits and refuses a larger Content-Length (h11 takes 20 digits).
-_MAX_CONTENT_LENGTH = 2**64 - 1
 #: How a request's body is framed, as _check_head() finds it (else its Content-Length, 0 if none).
 _CHUNKED, _SWITCH = -1, -2
 
@@ -145,9 +141,7 @@ class H11Adapter:
                 status = exc.error_status_hint
                 raise ProtocolError(400 if status == 501 else status, f"malformed request: {exc}") from None
             kind = type(event)
-            if kind is h11.Data:
-                sink.on_body(bytes(event.data))  # type: ignore[union-attr]
-            elif kind is h11.Request:
+            if kind is h11.Request:
                 self._awaiting_head = False
                 self._check_raw_head()
                 method = event.method  # type: ignore[union-attr]
@@ -201,12 +195,12 @@ class H11Adapter:
         upgrade = connection_upgrade = False
         for name, value in headers:
             size += len(name) + len(value) + 4  # "name: value" CRLF
-            if _BAD_VALUE(value) is not None:
+            if INVALID_VALUE_BYTE(value) is not None:
                 raise ProtocolError(400, "malformed request: invalid character in a header value")
             if name == b"content-length":
                 framing |= 1
                 length = int(value)  # h11 made sure it is one run of digits
-                if length > _MAX_CONTENT_LENGTH:
+                if length > MAX_LENGTH:  # h11 takes up to 20 digits
                     raise ProtocolError(400, "malformed request: Content-Length too large")
             elif name == b"transfer-encoding":
                 framing |= 2

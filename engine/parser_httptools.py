@@ -91,7 +91,7 @@ class HttptoolsAdapter:
             # never ends (a header line without an end, say), which no callback would reveal.
             # Only bytes known to be this head's count: never a previous message's tail.
             # Keep the bytes holding its request line (up to the line's limit) for the check of
-            # an HTTP/1.0 request line in on_headers_complete.
+            # the request line in on_headers_complete.
             keep = self._limits.request_line + 2
             if in_head and not self._completed:
                 self._raw_head += len(data)

@@ -7,8 +7,16 @@ both parsers answer the same way.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
+
+#: The bytes of a token (RFC 9110 §5.6.2): method, field name, chunk-extension name.
+TCHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+#: A byte llhttp refuses in a field value: a control character other than HTAB (h11 lets them by).
+INVALID_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+#: llhttp counts body lengths and chunk sizes in 64 bits and refuses larger ones.
+MAX_LENGTH = 2**64 - 1
 
 
 class ProtocolError(Exception):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from http import HTTPStatus
 
+from polycorn.parsing import TCHARS
+
 STATUS_LINES: dict[int, bytes] = {
     s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in HTTPStatus
 }
@@ -19,7 +21,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NO_BODY_STATUSES = frozenset({204, 304}) | frozenset(range(100, 200))
 
 #: A header field name (RFC 9110 §5.1).
-TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
+TOKEN = re.compile(b"[%s]+" % re.escape(TCHARS)).fullmatch
 
 
 def valid_header_block(block: bytes, lines: int) -> bool:
