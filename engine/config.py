@@ -70,6 +70,12 @@ class Config:
     fd: int | None = option(
         None, "Serve on an already-open listening socket file descriptor.", metavar="INT", minimum=0, group="socket"
     )
+    uds_perms: str | None = option(
+        None,
+        "Octal permissions of the --uds socket file, e.g. 660 (default: as the umask leaves them).",
+        metavar="MODE",
+        group="socket",
+    )
     backlog: int = option(
         2048, "Maximum number of connections waiting in the kernel accept queue.", minimum=1, group="socket"
     )
@@ -273,6 +279,37 @@ class Config:
     access_log: bool = option(
         True, "Log one line per request to the polycorn.access logger.", kind="bool", group="logging"
     )
+    access_log_format: str | None = option(
+        None,
+        "Access log line with {field} placeholders: client, method, path, query, status, bytes, "
+        "duration_ms, user_agent, referer, request_id, worker_id, http_version, target "
+        "(default: '{client} - \"{method} {target} HTTP/{http_version}\" {status} {bytes} {duration_ms}ms').",
+        metavar="TEXT",
+        group="logging",
+    )
+    log_format: Literal["text", "json"] = option(
+        "text",
+        "Log records as text lines, or as one JSON object per line (access fields as keys).",
+        kind="choice",
+        choices=("text", "json"),
+        group="logging",
+    )
+    use_colors: bool | None = option(
+        None,
+        "Colour text logs (default: only when the stream is a terminal).",
+        kind="bool",
+        group="logging",
+    )
+
+    # --- metrics ---------------------------------------------------------------------------
+    metrics_port: int | None = option(
+        None,
+        "Serve Prometheus metrics of the whole server at /metrics on this port (off by default).",
+        metavar="INT",
+        minimum=0,
+        group="metrics",
+    )
+    metrics_host: str = option("127.0.0.1", "Address the --metrics-port endpoint binds to.", group="metrics")
 
     # --- proxies ---------------------------------------------------------------------------
     proxy_headers: bool = option(
@@ -411,6 +448,9 @@ class Config:
             raise ConfigError("app must be an import string 'module:attribute' or an ASGI callable")
         object.__setattr__(self, "headers", tuple(_parse_header(h) for h in self.headers))
         _ = self.forwarded_networks  # validate eagerly
+        _ = self.uds_mode
+        if self.metrics_port is not None and self.metrics_port > 65535:
+            raise ConfigError(f"--metrics-port: must be at most 65535, got {self.metrics_port}")
         if self.root_path and not self.root_path.startswith("/"):
             raise ConfigError(f"--root-path: must start with '/', got {self.root_path!r}")
         _check_tls(self)
@@ -436,6 +476,23 @@ class Config:
                     f"--forwarded-allow-ips: {item!r} is not an IP address or network, 'unix' or '*'"
                 ) from None
         return tuple(nets)
+
+    @property
+    def uds_mode(self) -> int | None:
+        """--uds-perms as a mode number (the flag is octal text, as chmod takes it)."""
+        perms = self.uds_perms
+        if perms is None:
+            return None
+        if isinstance(perms, int) and not isinstance(perms, bool):
+            perms = format(perms, "o")
+        text = str(perms).strip()
+        if text[:2].lower() == "0o":
+            text = text[2:]
+        if not text or any(c not in "01234567" for c in text) or int(text, 8) > 0o777:
+            raise ConfigError(f"--uds-perms: expected octal permissions such as 660, got {self.uds_perms!r}")
+        if self.uds is None:
+            raise ConfigError("--uds-perms: only used with --uds")
+        return int(text, 8)
 
     @property
     def forwarded_unix(self) -> bool:
