@@ -39,6 +39,7 @@ def _raw_cap(limits: ParserLimits) -> int:
 
 
 class H11Adapter:
+    name = "h11"
     __slots__ = ("_conn", "_sink", "_limits", "_stopped", "_line_len", "_awaiting_head", "_raw", "_body")
 
     def __init__(self, sink: Sink, limits: ParserLimits) -> None:

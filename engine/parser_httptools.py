@@ -12,6 +12,7 @@ class _Stopped(Exception):
 
 
 class HttptoolsAdapter:
+    name = "httptools"
     __slots__ = (
         "_parser",
         "_sink",

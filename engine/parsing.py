@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 #: The bytes of a token (RFC 9110 §5.6.2): method, field name, chunk-extension name.
 TCHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -78,6 +78,9 @@ class Sink(Protocol):
 
 
 class ParserAdapter(Protocol):
+    #: The parser library, as the start-up block and logs name it.
+    name: ClassVar[str]
+
     def __init__(self, sink: Sink, limits: ParserLimits) -> None: ...
 
     def feed(self, data: bytes) -> None:

@@ -31,6 +31,11 @@ def loop_name(loop: asyncio.AbstractEventLoop) -> str:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
+def loop_name_of(factory: Callable[[], asyncio.AbstractEventLoop]) -> str:
+    """The loop a factory makes, without making one (the supervisor's loop may differ)."""
+    return "uvloop" if factory.__module__.startswith("uvloop") else "asyncio"
+
+
 def run(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.AbstractEventLoop]) -> T:
     """``asyncio.run`` with a chosen loop factory (``asyncio.Runner`` needs Python 3.11)."""
     loop = factory()

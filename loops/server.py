@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import platform
 import random
 import signal
 import socket
@@ -21,13 +20,12 @@ from polycorn.errors import ConfigError
 from polycorn.importer import load_app
 from polycorn.lifespan import Lifespan
 from polycorn.logs import configure_logging
-from polycorn.loops import eventloop, sockets
+from polycorn.loops import eventloop, sockets, startup
 from polycorn.loops.acceptor import Acceptor
 from polycorn.loops.allocator import tune_malloc
 from polycorn.loops.coordination import LoopCoordinator
 from polycorn.service import HttpService
 from polycorn.tls import server_tls
-from polycorn.version import __version__
 
 logger = logging.getLogger("polycorn.error")
 
@@ -132,7 +130,7 @@ class Server:
                 hooks.worker_id,
                 os.getpid(),
                 eventloop.loop_name(loop),
-                service.parser_class.__name__.replace("Adapter", "").lower(),
+                service.parser_class.name,
             )
         else:
             self._log_started(loop, service)
@@ -173,15 +171,7 @@ class Server:
             logger.info("finished server process %d", os.getpid())
 
     def _log_started(self, loop: asyncio.AbstractEventLoop, service: HttpService) -> None:
-        logger.info(
-            "Polycorn %s on %s %s (%s, %s parser), pid %d",
-            __version__,
-            platform.python_implementation(),
-            platform.python_version(),
-            eventloop.loop_name(loop),
-            service.parser_class.__name__.replace("Adapter", "").lower(),
-            os.getpid(),
-        )
+        startup.log_startup(self.config, eventloop.loop_name(loop), service.parser_class.name, "1, in this process")
         for sock in self.bound:
             logger.info("listening on %s (press CTRL+C to quit)", sockets.describe(sock, self.config))
 

@@ -21,11 +21,12 @@ from typing import Any
 
 from polycorn.config import Config
 from polycorn.errors import AppLoadError, AppStartupError, ConfigError, PolycornError
-from polycorn.loops import eventloop, sockets
+from polycorn.loops import eventloop, sockets, startup
 from polycorn.loops.coordination import SharedStats
+from polycorn.loops.startup import gil_enabled
 from polycorn.loops.workers import ProcessWorker, ThreadWorker, Worker
+from polycorn.parsing import parser_class
 from polycorn.tls import server_tls
-from polycorn.version import __version__
 
 logger = logging.getLogger("polycorn.error")
 
@@ -47,10 +48,6 @@ def worker_count(config: Config) -> int:
             return len(os.sched_getaffinity(0))
         return os.cpu_count() or 1
     return int(config.workers)
-
-
-def gil_enabled() -> bool:
-    return bool(getattr(sys, "_is_gil_enabled", lambda: True)())
 
 
 def worker_mode(config: Config) -> str:
@@ -143,13 +140,13 @@ class Supervisor:
         self._done: asyncio.Future[None] = loop.create_future()
         installed = self._install_signals(loop)
         listen = self.seats[0]
-        logger.info(
-            "Polycorn %s supervisor pid %d: %d %s worker(s), %s",
-            __version__,
-            os.getpid(),
-            self.count,
-            self.mode,
-            "one SO_REUSEPORT socket each" if self.shared is None else "one shared socket",
+        startup.log_startup(
+            self.config,
+            eventloop.loop_name_of(eventloop.loop_factory(self.config.loop)),
+            parser_class(self.config.http).name,
+            f"{self.count} {self.mode} worker{'s' if self.count > 1 else ''}, "
+            + ("one SO_REUSEPORT socket each" if self.shared is None else "one shared socket")
+            + (", pinned to CPUs" if self.config.pin_cpus else ""),
         )
         for sock in listen:
             logger.info("listening on %s (press CTRL+C to quit)", sockets.describe(sock, self.config))
