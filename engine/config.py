@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from polycorn.errors import ConfigError
+from polycorn.log_format import compile_access_format
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -51,6 +52,7 @@ def option(
         "metavar": metavar,
         "group": group,
         "envvar": envvar,
+        "secret": secret,
     }
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults are not allowed in Config")
@@ -260,7 +262,8 @@ class Config:
     )
     env_file: str | None = option(
         None,
-        "Load environment variables from this .env file (needs python-dotenv).",
+        "Load environment variables from this .env file (needs python-dotenv); POLYCORN_* ones in it "
+        "configure Polycorn too.",
         metavar="PATH",
         group="application",
     )
@@ -449,6 +452,8 @@ class Config:
         object.__setattr__(self, "headers", tuple(_parse_header(h) for h in self.headers))
         _ = self.forwarded_networks  # validate eagerly
         _ = self.uds_mode
+        if self.access_log_format is not None:
+            compile_access_format(self.access_log_format)  # a bad format fails here, before anything starts
         if self.metrics_port is not None and self.metrics_port > 65535:
             raise ConfigError(f"--metrics-port: must be at most 65535, got {self.metrics_port}")
         if self.root_path and not self.root_path.startswith("/"):
@@ -570,6 +575,20 @@ def _parse_header(item: Any) -> tuple[str, str]:
 def cli_flag(f: dataclasses.Field[Any]) -> str:
     """The long CLI flag of an option field."""
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def envvar_name(field_name: str) -> str:
+    """The environment variable every option reads: ``POLYCORN_`` and the keyword in capitals."""
+    return "POLYCORN_" + field_name.upper()
+
+
+def envvars(f: dataclasses.Field[Any]) -> list[str]:
+    """An option's environment variables, in the order click tries them (the first set one wins)."""
+    names = [envvar_name(f.name)]
+    extra = f.metadata.get("envvar")
+    if extra and extra not in names:
+        names.append(extra)
+    return names
 
 
 def option_fields() -> list[dataclasses.Field[Any]]:

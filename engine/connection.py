@@ -106,6 +106,8 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         service = self.service
         service.connections.add(self)
+        if service.metrics is not None:
+            service.metrics.accepted += 1
         peer = transport.get_extra_info("peername")
         if isinstance(peer, (tuple, list)) and len(peer) >= 2:
             self.client = (str(peer[0]), int(peer[1]))
@@ -289,7 +291,7 @@ class HttpConnection(asyncio.Protocol):
                 keep_alive,
                 expect_continue,
                 method == b"HEAD",
-                service.clock() if service.access_log else 0.0,
+                service.clock() if service.timed else 0.0,
             )
             if switching:
                 cycle.body_done = True
@@ -339,6 +341,8 @@ class HttpConnection(asyncio.Protocol):
         service = self.service
         if not service.admit():
             if service.reject:
+                if service.metrics is not None:
+                    service.metrics.rejected += 1
                 cycle.status = 503
                 cycle.state = DONE
                 self.transport.write(error_response(503, service.date_line))
@@ -359,6 +363,9 @@ class HttpConnection(asyncio.Protocol):
         service = self.service
         if service.access_log:
             service.log_access(cycle)
+        metrics = service.metrics
+        if metrics is not None:
+            metrics.request(cycle.status, service.clock() - cycle.started_at)
         if cycle.waiter is not None:
             cycle.wake()  # a receive() waiting for a disconnect gets one now
         self.active = None
@@ -490,6 +497,8 @@ class HttpConnection(asyncio.Protocol):
                 cycle.status = 408
         if answer:
             self.transport.write(error_response(408, self.service.date_line))
+            if self.service.metrics is not None:
+                self.service.metrics.error(408)
         self.close()
 
     def close_if_idle(self, linger: float = 0.0) -> bool:
@@ -551,6 +560,8 @@ class HttpConnection(asyncio.Protocol):
         )
         if not self.closed:
             self.transport.write(error_response(exc.status, self.service.date_line, headers=exc.headers))
+            if self.service.metrics is not None:
+                self.service.metrics.error(exc.status)
         self.close()
 
     def describe_request(self, cycle: Cycle) -> str:

@@ -1,14 +1,23 @@
-"""Logging: the default configuration, --log-config files, and safe rendering of request data."""
+"""Logging: the default configuration, --log-config files, and which formatter and colours apply.
+
+How records render (the access line, text and JSON formatters, escaping) is polycorn.log_format.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import logging.config
-import re
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
 
 from polycorn.errors import ConfigError
+from polycorn.log_format import JsonFormatter, TextFormatter, compile_access_format
+from polycorn.log_format import escape as escape
+
+if TYPE_CHECKING:
+    from polycorn.config import Config
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -16,24 +25,14 @@ logging.addLevelName(TRACE, "TRACE")
 error_logger = logging.getLogger("polycorn.error")
 access_logger = logging.getLogger("polycorn.access")
 
-# C0 and C1 controls and DEL: a request path or header must not forge log lines or move a
-# terminal's cursor (log injection, ANSI escapes).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def escape(text: str) -> str:
-    """Render request-controlled text safe for a log line."""
-    if _CONTROL.search(text) is None:
-        return text
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
+_LINE = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
 
 DEFAULT_LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "default": {"format": "%(asctime)s %(levelname)-8s %(name)s: %(message)s"},
-        "access": {"format": "%(asctime)s %(levelname)-8s %(name)s: %(message)s"},
+        "default": {"format": _LINE},
+        "access": {"format": _LINE},
     },
     "handlers": {
         "default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"},
@@ -47,22 +46,67 @@ DEFAULT_LOGGING: dict[str, Any] = {
 }
 
 
-def configure_logging(log_config: str | None, log_level: str, access_log: bool) -> None:
-    """Apply the default or the user's logging configuration, then the level flags."""
-    if log_config is None:
-        logging.config.dictConfig(DEFAULT_LOGGING)
+def logging_dict(log_format: str = "text", colours_err: bool = False, colours_out: bool = False) -> dict[str, Any]:
+    """The dictConfig Polycorn applies without --log-config: error log on stderr, access log on stdout."""
+    config = copy.deepcopy(DEFAULT_LOGGING)
+    formatters = config["formatters"]
+    if log_format == "json":
+        formatters["default"] = {"()": JsonFormatter}
+        formatters["access"] = {"()": JsonFormatter}
     else:
-        _load_config_file(log_config)
+        formatters["default"] = {"()": TextFormatter, "fmt": _LINE, "colors": colours_err}
+        formatters["access"] = {"()": TextFormatter, "fmt": _LINE, "colors": colours_out}
+    return config
+
+
+def colours_for(use_colors: bool | None, stream: TextIO) -> bool:
+    """--use-colors, --no-use-colors, or (unset) whether the stream is a terminal."""
+    if use_colors is not None:
+        return use_colors
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def access_colours(config: Config) -> bool:
+    """Whether the access status is coloured: text logs on stdout (where they go) with colours on.
+
+    Never with --log-config (its formatters decide) nor with JSON.
+    """
+    return config.log_config is None and config.log_format == "text" and colours_for(config.use_colors, sys.stdout)
+
+
+def configure_logging(config: Config, *, announce: bool = True) -> None:
+    """Apply the default or the user's logging configuration, then the level flags.
+
+    Run in every process that serves (the supervisor's and each worker process's); thread
+    workers share their process's. A bad --access-log-format stops start-up here, before the
+    app is imported. ``announce``: this is the process the user started, which warns about
+    ignored flags once (worker processes do not repeat it).
+    """
+    compile_access_format(config.access_log_format)
+    if config.log_config is None:
+        colours_err = colours_for(config.use_colors, sys.stderr) if config.log_format == "text" else False
+        colours_out = access_colours(config)
+        logging.config.dictConfig(logging_dict(config.log_format, colours_err, colours_out))
+    else:
+        _load_config_file(config.log_config)
+    log_level = config.log_level
     level = TRACE if log_level == "trace" else getattr(logging, log_level.upper())
     logging.getLogger("polycorn").setLevel(level)
     logging.getLogger("polycorn.error").setLevel(level)
-    if not access_log:
+    if not config.access_log:
         access_logger.handlers.clear()
         access_logger.propagate = False
         access_logger.disabled = True
     else:
         access_logger.disabled = False
         access_logger.setLevel(level)
+    ignored = config.log_format != "text" or config.use_colors is not None
+    if config.log_config is not None and ignored and announce:
+        error_logger.warning("--log-config decides the log format: --log-format and --use-colors are ignored")
 
 
 def _load_config_file(path: str) -> None:
@@ -84,7 +128,8 @@ def _load_config_file(path: str) -> None:
     except FileNotFoundError:
         raise ConfigError(f"--log-config: no such file {path!r}") from None
     except Exception as exc:
-        raise ConfigError(f"--log-config: {path!r} is not a valid logging configuration: {exc}") from None
+        reason = " ".join(str(exc).split())  # one line, whatever the parser's message looks like
+        raise ConfigError(f"--log-config: {path!r} is not a valid logging configuration: {reason}") from None
 
 
 def request_target(scope: dict[str, Any]) -> str:

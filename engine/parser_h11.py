@@ -8,6 +8,7 @@ the next pipelined request without waiting for the real response.
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 import h11
 
@@ -39,7 +40,7 @@ def _raw_cap(limits: ParserLimits) -> int:
 
 
 class H11Adapter:
-    name = "h11"
+    name: ClassVar[str] = "h11"
     __slots__ = ("_conn", "_sink", "_limits", "_stopped", "_line_len", "_awaiting_head", "_raw", "_body")
 
     def __init__(self, sink: Sink, limits: ParserLimits) -> None:

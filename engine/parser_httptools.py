@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import httptools
 
 from polycorn.parsing import ParserLimits, ProtocolError, Sink
@@ -12,7 +14,7 @@ class _Stopped(Exception):
 
 
 class HttptoolsAdapter:
-    name = "httptools"
+    name: ClassVar[str] = "httptools"
     __slots__ = (
         "_parser",
         "_sink",

@@ -10,8 +10,18 @@ from http import HTTPStatus
 
 from polycorn.parsing import TCHARS
 
+#: Reason phrases as RFC 9110 §15 names them; http.HTTPStatus still has older ones on some Pythons
+#: (3.11's 414 is "Request-URI Too Long"), and the answer must not depend on the interpreter.
+PHRASES: dict[int, bytes] = {
+    **{s.value: s.phrase.encode("ascii") for s in HTTPStatus},
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    416: b"Range Not Satisfiable",
+    422: b"Unprocessable Content",
+}
+
 STATUS_LINES: dict[int, bytes] = {
-    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in HTTPStatus
+    status: b"HTTP/1.1 %d %s\r\n" % (status, phrase) for status, phrase in PHRASES.items()
 }
 
 #: RFC 9110 §15.2.1; sent only when the app first calls receive() (RFC 9110 §10.1.1).
@@ -46,7 +56,7 @@ def status_line(status: int) -> bytes:
 
 def error_response(status: int, date_line: bytes, *, close: bool = True, headers: bytes = b"") -> bytes:
     """A small, complete, well-formed plain-text error response."""
-    phrase = HTTPStatus(status).phrase.encode("ascii")
+    phrase = PHRASES[status]
     return b"".join(
         (
             STATUS_LINES[status],

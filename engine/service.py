@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from polycorn.config import Config
 from polycorn.connection import HttpConnection
-from polycorn.logs import access_logger, request_target
+from polycorn.log_format import compile_access_format
+from polycorn.logs import access_colours, access_logger, request_target
 from polycorn.parsing import ParserLimits, parser_class
 from polycorn.websocket import GOING_AWAY, SERVICE_RESTART, websocket_settings
 
@@ -50,6 +51,7 @@ class HttpService:
         on_max_requests: Callable[[], None] | None = None,
         max_requests: int | None = None,
         tls: ServerTLS | None = None,
+        worker_id: int = 0,
     ) -> None:
         self.config = config
         self.app = app
@@ -84,7 +86,27 @@ class HttpService:
         #: flood of distinct addresses only makes it start over.
         self._trusted_hosts: dict[str, bool] = {}
         self.access_log = config.access_log and access_logger.isEnabledFor(logging.INFO) and not access_logger.disabled
+        #: The supervisor's number of this loop's worker (0 for a lone server: the first worker).
+        self.worker_id = worker_id
+        # The access line, compiled once: log_access computes the seven values of the default line,
+        # the others only when the format or a structured output (JSON, --log-config) uses them.
+        access_format = compile_access_format(
+            config.access_log_format,
+            worker_id=worker_id,
+            colours=access_colours(config),
+            every_field=config.log_format == "json" or config.log_config is not None,
+        )
+        self._access_template = access_format.template
+        self._access_render = access_format.render
+        self._access_extras = access_format.extras
+        #: Structured outputs get every field as an attribute of the record (its JSON keys).
+        self._access_keys = access_format.keys
         self.clock = time.perf_counter  # uvloop's loop.time() ticks in milliseconds
+        #: --metrics-port: this loop's request counters (polycorn.loops.coordination.LoopCounters),
+        #: set by the coordinator; None otherwise, and the request path then counts nothing.
+        self.metrics: Any = None
+        #: Whether request start times are taken (service.clock()): for the access log or metrics.
+        self.timed = self.access_log
         self.connections: set[HttpConnection | WebSocketCycle] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.inflight = 0
@@ -224,10 +246,10 @@ class HttpService:
         return trusted
 
     def log_access(self, cycle: Cycle) -> None:
+        """One access record; its values are in polycorn.log_format.ACCESS_FIELDS order."""
         scope = cycle.scope
         client = scope["client"]
-        access_logger.info(
-            '%s - "%s %s HTTP/%s" %d %d %.2fms',
+        values: tuple[Any, ...] = (
             f"{client[0]}:{client[1]}" if client else "-",
             scope.get("method", "GET"),
             request_target(scope),
@@ -236,6 +258,20 @@ class HttpService:
             cycle.bytes_sent,
             (self.clock() - cycle.started_at) * 1000.0,
         )
+        template = self._access_template
+        if template is not None:  # the default line: as cheap as it always was
+            access_logger.info(template % values)
+            return
+        extras = self._access_extras
+        if extras is not None:
+            values += extras(scope, cycle.status)
+        keys = self._access_keys
+        if keys is None:
+            access_logger.info(self._access_render(values))
+        else:
+            fields = dict(zip(keys, values, strict=True))
+            fields["duration_ms"] = round(values[6], 3)
+            access_logger.info(self._access_render(values), extra=fields)
 
     # -- graceful shutdown ---------------------------------------------------------------------
     async def shutdown(self, timeout: float, restart: bool = False) -> bool:

@@ -167,7 +167,7 @@ class WebSocketCycle(asyncio.Protocol):
         self.state = HANDSHAKE
         self.status = 0
         self.task: asyncio.Task[None] | None = None
-        self.started_at = service.clock() if service.access_log else 0.0
+        self.started_at = service.clock() if service.timed else 0.0
         self.bytes_sent = 0
         self.body_done = True  # an upgrade request has no body (the HTTP connection asks)
         self.buffered = 0
@@ -388,6 +388,10 @@ class WebSocketCycle(asyncio.Protocol):
         self.state = OPEN
         if service.access_log:
             service.log_access(self)
+        metrics = service.metrics
+        if metrics is not None:
+            metrics.request(101, service.clock() - self.started_at)
+            metrics.websockets += 1
         # The transport is ours from here on: frames no longer pass through the HTTP parser.
         service.connections.discard(conn)
         service.connections.add(self)
@@ -544,6 +548,8 @@ class WebSocketCycle(asyncio.Protocol):
         self.conn.resume_writing()  # a send() waiting to drain learns the peer is gone
         service = self.service
         service.connections.discard(self)
+        if service.metrics is not None:
+            service.metrics.websockets -= 1
         service.connection_closed()
 
     def pause_writing(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import random
 import signal
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from polycorn.config import Config
-from polycorn.errors import ConfigError
+from polycorn.config_file import read_env_file
 from polycorn.importer import load_app
 from polycorn.lifespan import Lifespan
 from polycorn.logs import configure_logging
-from polycorn.loops import eventloop, sockets, startup
+from polycorn.loops import activation, eventloop, sockets, startup
 from polycorn.loops.acceptor import Acceptor
 from polycorn.loops.allocator import tune_malloc
 from polycorn.loops.coordination import LoopCoordinator
@@ -41,15 +42,10 @@ def prepare_process(config: Config) -> None:
     app_dir = os.path.abspath(config.app_dir)
     if isinstance(config.app, str) and app_dir not in sys.path:
         sys.path.insert(0, app_dir)
-    if config.env_file is not None:
-        try:
-            from dotenv import load_dotenv
-        except ImportError:
-            raise ConfigError("--env-file needs python-dotenv (pip install 'polycorn[dotenv]')") from None
-        if not os.path.isfile(config.env_file):
-            raise ConfigError(f"--env-file: no such file {config.env_file!r}")
-        load_dotenv(config.env_file, override=True)
-    configure_logging(config.log_config, config.log_level, config.access_log)
+    if config.env_file is not None:  # its variables replace the process environment's (the CLI applied them already)
+        os.environ.update(read_env_file(config.env_file))
+    # Worker processes run this too: only the process the user started warns about flags.
+    configure_logging(config, announce=multiprocessing.parent_process() is None)
 
 
 @dataclass
@@ -79,6 +75,7 @@ class Server:
         self._exit_requested = False
         self._restart = False  # the exit is a replacement (SIGUSR2 to a worker): WebSockets get 1012
         self._listeners: list[Any] = []
+        self._bound_here = False  # bound by this server: shut down and unlinked at exit (not handed-over ones)
         self._accepting_wanted = False
         self._background: asyncio.Task[None] | None = None  # a pending accept start/stop
 
@@ -96,7 +93,12 @@ class Server:
         tls = server_tls(config)  # unreadable certificates stop the server before the app is imported
         tune_malloc(config.malloc_trim_threshold)  # process-wide; each worker process sets it
         app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
-        self.bound = listen if listen is not None else [sockets.bind(config)]
+        if listen is None:
+            handed = activation.inherited(config)  # systemd socket activation or --fd
+            self.bound = handed if handed is not None else [sockets.bind(config)]
+            self._bound_here = handed is None
+        else:
+            self.bound = listen
         lifespan = Lifespan(app, config.lifespan)
         try:
             await lifespan.startup()
@@ -114,6 +116,7 @@ class Server:
             on_max_requests=hooks.on_recycle if hooks is not None else self.request_exit,
             max_requests=max_requests,
             tls=tls,
+            worker_id=hooks.worker_id if hooks is not None else 0,
         )
         await self._accept(True)
         if not service.reject and config.limit_concurrency:
@@ -142,9 +145,10 @@ class Server:
             for srv in self._listeners:
                 srv.close()
             self._listeners = []
-            if listen is None:
+            if self._bound_here:
                 # New connections are refused from now on instead of waiting in the backlog of a
-                # socket nobody will accept from again (and being reset when it closes).
+                # socket nobody will accept from again (and being reset when it closes). A socket
+                # handed over outlives us: what queues on it is for the next server.
                 for sock in self.bound:
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
@@ -231,7 +235,7 @@ class Server:
     def _close_sockets(self, owned: bool) -> None:
         for sock in self.bound:
             if owned:
-                if sock.family == getattr(socket, "AF_UNIX", None) and self.config.uds:
+                if self._bound_here and sock.family == getattr(socket, "AF_UNIX", None) and self.config.uds:
                     try:
                         os.unlink(self.config.uds)
                     except OSError:

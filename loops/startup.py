@@ -80,15 +80,18 @@ def describe(config: Config, loop: str, parser: str, workers: str) -> list[str]:
     return lines
 
 
-def log_startup(config: Config, loop: str, parser: str, workers: str) -> None:
-    """One record (one block in text logs, one object in JSON logs), then the warnings."""
+def log_startup(config: Config, loop: str, parser: str, workers: str, *, threads: bool = False) -> None:
+    """One record (one block in text logs, one object in JSON logs), then the warnings.
+
+    ``threads``: the loops run as threads of this process, which a GIL serialises.
+    """
     title = f"Polycorn {__version__} on {python_line()}, pid {os.getpid()}"
     logger.info("\n  ".join([title, *describe(config, loop, parser, workers)]))
-    for warning in startup_warnings(config, loop, parser):
+    for warning in startup_warnings(config, loop, parser, threads=threads):
         logger.warning(warning)
 
 
-def startup_warnings(config: Config, loop: str, parser: str) -> list[str]:
+def startup_warnings(config: Config, loop: str, parser: str, *, threads: bool = False) -> list[str]:
     found = []
     if _accelerated():
         if config.loop == "auto" and loop != "uvloop":
@@ -96,11 +99,12 @@ def startup_warnings(config: Config, loop: str, parser: str) -> list[str]:
         if config.http == "auto" and parser != "httptools":
             found.append("httptools is not installed: the slower h11 parser serves (pip install httptools)")
     if free_threaded_build() and gil_enabled():
+        consequence = ": thread workers will not run in parallel" if threads else ""
         if os.environ.get("PYTHON_GIL") == "1" or getattr(sys.flags, "gil", None) == 1:
-            found.append("the GIL is on (PYTHON_GIL=1 or -X gil=1): thread workers will not run in parallel")
+            found.append(f"the GIL is on (PYTHON_GIL=1 or -X gil=1){consequence}")
         else:
             found.append(
                 "an extension module without free-threading support re-enabled the GIL (Python's "
-                "RuntimeWarning names it): thread workers will not run in parallel"
+                f"RuntimeWarning names it){consequence}"
             )
     return found

@@ -17,16 +17,19 @@ import socket
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polycorn.config import Config
 from polycorn.errors import AppLoadError, AppStartupError, ConfigError, PolycornError
-from polycorn.loops import eventloop, sockets, startup
+from polycorn.loops import activation, eventloop, sockets, startup
 from polycorn.loops.coordination import SharedStats
 from polycorn.loops.startup import gil_enabled
 from polycorn.loops.workers import ProcessWorker, ThreadWorker, Worker
 from polycorn.parsing import parser_class
 from polycorn.tls import server_tls
+
+if TYPE_CHECKING:
+    from polycorn.loops.metrics import MetricsEndpoint
 
 logger = logging.getLogger("polycorn.error")
 
@@ -34,11 +37,21 @@ logger = logging.getLogger("polycorn.error")
 CRASH_LIMIT = 5
 CRASH_WINDOW = 60.0
 _ERRORS = {2: ConfigError, 3: AppStartupError, 4: AppLoadError}
+#: Why a replacement worker was started (the metrics count each): its worker died unexpectedly,
+#: reached --limit-max-requests, had its loop blocked past --timeout-worker-healthcheck, or is
+#: being replaced by a rolling restart (SIGHUP, --reload).
+RESTART_REASONS = ("crashed", "recycled", "blocked", "rolling")
 
 
 def supervised(config: Config) -> bool:
     """Whether the options need a supervisor rather than one in-process loop."""
-    return config.workers == "auto" or int(config.workers) > 1 or config.reload or bool(config.limit_max_requests)
+    return (
+        config.workers == "auto"
+        or int(config.workers) > 1
+        or config.reload
+        or bool(config.limit_max_requests)
+        or config.metrics_port is not None  # the supervisor serves the metrics of every worker
+    )
 
 
 def worker_count(config: Config) -> int:
@@ -80,6 +93,7 @@ class Supervisor:
         self.workers: list[Worker] = []
         self.seats: list[list[socket.socket]] = []
         self.shared: list[socket.socket] | None = None
+        self._bound_here = True  # False for sockets handed over (activation, --fd): never shut down or unlinked
         self.next_id = 0
         self.free_slots = deque(range(self.stats.capacity))
         self.crashes: deque[float] = deque()
@@ -94,6 +108,12 @@ class Supervisor:
             from polycorn.loops.reload import check_available
 
             check_available()
+        self.restarts = dict.fromkeys(RESTART_REASONS, 0)
+        self._metrics: MetricsEndpoint | None = None
+        if config.metrics_port is not None:
+            from polycorn.loops.metrics import check_available as check_metrics_available
+
+            check_metrics_available()
         # Each worker builds its own SSLContext (one cannot be pickled); this one only makes bad
         # certificate files or a wrong key password stop the server before any worker starts.
         server_tls(config)
@@ -106,10 +126,13 @@ class Supervisor:
     # -- sockets -----------------------------------------------------------------------------
     def _bind(self) -> None:
         config = self.config
+        handed = activation.inherited(config)  # systemd socket activation or --fd: shared by all workers
+        self._bound_here = handed is None
         # Only Linux spreads connections across SO_REUSEPORT sockets; the BSDs and macOS hand them
         # all to one socket, so there one shared socket is the balanced choice.
         reuse = (
-            config.reuse_port
+            handed is None
+            and config.reuse_port
             and config.fd is None
             and config.uds is None
             and sys.platform.startswith("linux")
@@ -123,7 +146,7 @@ class Supervisor:
             ]
             self._port = port
         else:
-            self.shared = [sockets.bind(config)]
+            self.shared = handed if handed is not None else [sockets.bind(config)]
             self.seats = [self.shared for _ in range(self.count)]
 
     def _new_seat(self) -> int:
@@ -147,10 +170,16 @@ class Supervisor:
             f"{self.count} {self.mode} worker{'s' if self.count > 1 else ''}, "
             + ("one SO_REUSEPORT socket each" if self.shared is None else "one shared socket")
             + (", pinned to CPUs" if self.config.pin_cpus else ""),
+            threads=self.mode == "thread",
         )
         for sock in listen:
             logger.info("listening on %s (press CTRL+C to quit)", sockets.describe(sock, self.config))
         try:
+            if self.config.metrics_port is not None:
+                from polycorn.loops.metrics import MetricsEndpoint
+
+                self._metrics = MetricsEndpoint(self.config, self)
+                self._metrics.start()  # before the workers: a port in use stops the server now
             started = [self._spawn(seat) for seat in range(self.count)]
             results = await asyncio.gather(*(w.ready for w in started))
             self.starting = False
@@ -174,6 +203,8 @@ class Supervisor:
                 self._reloader = loop.create_task(self._watch())
             await self._done
         finally:
+            if self._metrics is not None:
+                self._metrics.stop()  # after the workers: their final counts were scrapable
             if self._health is not None:
                 self._health.cancel()
             if self._reloader is not None:
@@ -185,7 +216,7 @@ class Supervisor:
             for seat in self.seats:
                 for sock in seat:
                     sock.close()
-            if self.config.uds:
+            if self.config.uds and self._bound_here:
                 with contextlib.suppress(OSError):
                     os.unlink(self.config.uds)
             logger.info("supervisor %d finished", os.getpid())
@@ -218,7 +249,7 @@ class Supervisor:
     def worker_recycle(self, worker: Worker) -> None:
         if worker.state == "ready" and not self.shutting_down:
             logger.info("%s reached --limit-max-requests: recycling it", worker.ident)
-            asyncio.get_running_loop().create_task(self._replace(worker))
+            asyncio.get_running_loop().create_task(self._replace(worker, reason="recycled"))
 
     def worker_draining(self, worker: Worker) -> None:
         """It stopped accepting. A removed seat's own socket stops listening now: the kernel would
@@ -256,6 +287,7 @@ class Supervisor:
         """Start a worker for every seat left without one (after a failed start under --reload)."""
         for seat, listen in enumerate(self.seats):
             if listen and seat not in self.retiring and not any(w.seat == seat for w in self.workers):
+                self.restarts["rolling"] += 1
                 self._spawn(seat)
 
     def _crashed(self, worker: Worker) -> None:
@@ -282,15 +314,17 @@ class Supervisor:
 
     def _respawn(self, seat: int) -> None:
         if not self.shutting_down:
+            self.restarts["crashed"] += 1
             self._spawn(seat)
 
     # -- replacement, rolling restart, scaling ----------------------------------------------------
-    async def _replace(self, old: Worker, *, kill: bool = False) -> bool:
+    async def _replace(self, old: Worker, *, kill: bool = False, reason: str = "rolling") -> bool:
         """Start the replacement on the same socket, wait until it is ready, then retire ``old``.
 
         The listening socket stays open throughout, so the connections queued on it are served
         by whichever of the two accepts first: none is dropped.
         """
+        self.restarts[reason] += 1
         new = self._spawn(old.seat)
         new.replacement = True
         if not await new.ready:
@@ -358,7 +392,7 @@ class Supervisor:
                     timeout,
                 )
                 worker.state = "blocked"
-                asyncio.get_running_loop().create_task(self._replace(worker, kill=True))
+                asyncio.get_running_loop().create_task(self._replace(worker, kill=True, reason="blocked"))
         self._schedule_health()
 
     # -- reload ---------------------------------------------------------------------------------------
@@ -390,6 +424,10 @@ class Supervisor:
                 pass
         return installed
 
+    def listening_sockets(self) -> list[socket.socket]:
+        """Each listening socket once (the shared one sits in every seat), for the metrics."""
+        return list({id(sock): sock for seat in list(self.seats) for sock in seat}.values())
+
     def log_stats(self) -> None:
         for row in self.stats.snapshot():
             logger.info(
@@ -407,8 +445,9 @@ class Supervisor:
         if first:
             logger.info("shutting down %d workers", len(self.workers))
             # Refuse new connections now (for every worker's copy of each socket at once) rather
-            # than let them queue on sockets that nobody will accept from again.
-            for seat in self.seats:
+            # than let them queue on sockets that nobody will accept from again. Sockets handed
+            # over outlive us: what queues on them is for the next server.
+            for seat in self.seats if self._bound_here else []:
                 for sock in seat:
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)

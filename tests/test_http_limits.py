@@ -35,6 +35,9 @@ def test_request_line_too_long_is_414(serve: Any, stack: dict[str, str]) -> None
     srv = serve(responder(), **stack)
     data = exchange(srv.port, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert_error_response(data, 414)
+    # RFC 9110's reason phrase on every Python (3.11's http.HTTPStatus says "Request-URI Too Long").
+    assert data.startswith(b"HTTP/1.1 414 URI Too Long\r\n")
+    assert data.endswith(b"\r\n\r\nURI Too Long")
 
 
 def test_request_line_limit_option(serve: Any, stack: dict[str, str]) -> None:

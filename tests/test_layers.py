@@ -1,8 +1,8 @@
 """The layering rules: engine/ (polycorn) < loops/ (polycorn.loops) < cli/ (polycorn.cli).
 
 The engine is pure protocol and app logic: no threads, processes, signals, and no reaching up into
-the loops or CLI layers. Only the package facade (``__init__``) and the ``python -m`` shim
-(``__main__``) may point upwards, lazily.
+the loops or CLI layers. Only the package facade (``__init__``), the ``python -m`` shim
+(``__main__``) and the gunicorn worker path (``workers``) may point upwards, lazily.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYER_PACKAGES = {"engine": "polycorn", "loops": "polycorn.loops", "cli": "polycorn.cli"}
 
 ENGINE_FORBIDDEN = ("threading", "multiprocessing", "signal", "polycorn.loops", "polycorn.cli")
-ENGINE_FACADE = {"__init__.py", "__main__.py"}
+#: Entry points on top of everything that reach up lazily: the package facade, the ``python -m``
+#: shim, and ``polycorn.workers`` (the path gunicorn users name for the worker classes).
+ENGINE_FACADE = {"__init__.py", "__main__.py", "workers.py"}
 LOOPS_FORBIDDEN = ("polycorn.cli",)
 
 

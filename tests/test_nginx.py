@@ -1,4 +1,4 @@
-"""Polycorn behind a real nginx (the Debian package), configured as docs/deployment.md advises.
+"""Polycorn behind a real nginx (the Debian package), configured as docs/deploy/nginx.md advises.
 
 Each test writes its own nginx.conf into tmp_path and runs nginx in the foreground on loopback, as
 whoever runs the tests (pid file, logs and temp directories all under tmp_path: nothing in /etc or

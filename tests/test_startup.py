@@ -130,4 +130,18 @@ def test_a_gil_turned_back_on_is_warned_about() -> None:
     finally:
         output = _stopped(child)
     assert "free-threaded build, GIL on" in _block(output)[0]
+    assert "the GIL is on (PYTHON_GIL=1 or -X gil=1)" in output
+    assert "thread workers" not in output  # one loop, in the main thread: nothing runs in parallel anyway
+
+
+@pytest.mark.skipif(not FREE_THREADED, reason="the GIL can only be re-enabled on a free-threaded CPython build")
+def test_a_gil_turned_back_on_is_warned_about_with_thread_workers() -> None:
+    child = polycorn(
+        "polycorn.demo:app", "--port", "0", "--workers", "2", "--worker-mode", "thread", env={"PYTHON_GIL": "1"}
+    )
+    try:
+        child.wait_for("all 2 workers ready")
+        assert httpx.get(child.url() + "/", timeout=10).status_code == 200
+    finally:
+        output = _stopped(child)
     assert "the GIL is on (PYTHON_GIL=1 or -X gil=1): thread workers will not run in parallel" in output
