@@ -261,7 +261,7 @@ def json_dumps() -> Callable[[dict[str, Any]], str]:
             dumps = orjson.dumps
 
             def encode(obj: dict[str, Any]) -> str:
-                return dumps(obj, default=str).decode()
+                return str(dumps(obj, default=str), "utf-8")
 
             return encode
     return functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"), default=str)
