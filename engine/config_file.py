@@ -22,11 +22,6 @@ from typing import Any
 from polycorn.config import Config, cli_flag, option_fields
 from polycorn.errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - tomli is a dependency below 3.11
-    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
-
 #: The file looked for in the working directory first; pyproject.toml is the fallback.
 POLYCORN_TOML = "polycorn.toml"
 PYPROJECT_TOML = "pyproject.toml"
@@ -86,6 +81,11 @@ def read_env_file(path: str) -> dict[str, str]:
 
 
 def _parse(path: str) -> dict[str, Any]:
+    # Imported here: only a run that finds a config file pays for the TOML parser.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - tomli is a dependency below 3.11
+        import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
     try:
         with open(path, "rb") as file:
             document: dict[str, Any] = tomllib.load(file)

@@ -13,7 +13,6 @@ import os
 import platform
 import sys
 import sysconfig
-from importlib import metadata
 
 from polycorn.config import Config
 from polycorn.version import __version__
@@ -29,11 +28,9 @@ def gil_enabled() -> bool:
     return bool(getattr(sys, "_is_gil_enabled", lambda: True)())
 
 
-def _version(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:  # vendored or run from a source tree
-        return "?"
+def _version(module: str) -> str:
+    """The version of a module the server already imported (importlib.metadata would cost ~2 MiB)."""
+    return str(getattr(sys.modules.get(module), "__version__", "?"))
 
 
 def python_line() -> str:
