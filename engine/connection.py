@@ -19,7 +19,7 @@ from polycorn import forwarded
 from polycorn.cycle import BODY, DONE, START, RequestCycle
 from polycorn.logs import escape, request_target
 from polycorn.parsing import ProtocolError
-from polycorn.response import error_response
+from polycorn.response import PHRASES, error_response
 from polycorn.websocket import WebSocketCycle, is_websocket_upgrade
 
 if TYPE_CHECKING:
@@ -346,6 +346,7 @@ class HttpConnection(asyncio.Protocol):
                 cycle.status = 503
                 cycle.state = DONE
                 self.transport.write(error_response(503, service.date_line))
+                cycle.bytes_sent = len(PHRASES[503])
                 self.on_response_complete(cycle, False)
                 return
             # Queue mode: the request waits for a slot; nothing more is read meanwhile.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from polycorn.response import (
     CONTINUE,
     NO_BODY_STATUSES,
+    PHRASES,
     TOKEN,
     error_response,
     status_line,
@@ -186,6 +187,7 @@ class RequestCycle:
         self.status = 500
         keep_alive = self.keep_alive and conn.service.accepting and not self.expect_continue
         conn.transport.write(error_response(500, conn.service.date_line, close=not keep_alive))
+        self.bytes_sent = len(PHRASES[500])  # the access log counts the body the server wrote
         self.state = DONE
         conn.on_response_complete(self, keep_alive)
 

@@ -20,7 +20,7 @@ from polycorn.cycle import DONE, ClientDisconnected, RequestCycle
 from polycorn.errors import ConfigError
 from polycorn.logs import escape
 from polycorn.parsing import ProtocolError
-from polycorn.response import TOKEN, error_response, valid_header_block
+from polycorn.response import PHRASES, TOKEN, error_response, valid_header_block
 
 try:
     from websockets.datastructures import Headers
@@ -416,6 +416,7 @@ class WebSocketCycle(asyncio.Protocol):
         self.state = CLOSED
         if not conn.closed:
             conn.transport.write(error_response(status, self.service.date_line))
+            self.bytes_sent = len(PHRASES[status])
         conn.on_response_complete(self, False)
 
     def _open_expired(self) -> None:

@@ -7,6 +7,7 @@ process, on a pseudo-terminal where colours depend on one.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import io
 import json
@@ -439,6 +440,9 @@ def test_app_crash_logged_once_with_traceback(tmp_path: Path, log_format: str) -
             assert record["exc_info"].startswith("Traceback (most recent call last):")
             assert record["exc_info"].endswith(f"RuntimeError: {text}")
         assert not [r for r in records if r["level"] in ("warning", "critical")], records
+        access = {r["target"]: r for r in _json_lines(child.stdout) if r["logger"] == "polycorn.access"}
+        for refused in ("/before?x=1", "/ws-before?x=1"):  # the server's own 500: its body counts
+            assert (access[refused]["status"], access[refused]["bytes"]) == (500, len("Internal Server Error"))
     else:
         assert err.count("Traceback (most recent call last):") == len(CRASHES), err
         assert err.count(" ERROR    polycorn.error: exception in ASGI app while serving ") == len(CRASHES), err
@@ -633,3 +637,37 @@ def test_log_config_yaml_wins_over_log_format_and_colours(tmp_path: Path) -> Non
     )
     assert not ANSI.search(child.stdout + child.stderr)
     assert not [line for line in (child.stdout + child.stderr).splitlines() if line.startswith("{")]
+
+
+# -- responses the server writes itself --------------------------------------------------------------
+
+
+def test_bytes_count_the_body_of_error_responses_the_server_writes(
+    serve: Any, access_lines: Callable[[int], list[str]]
+) -> None:
+    release = threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/crash":
+            raise RuntimeError("crash before start")
+        while not release.is_set():  # holds the one --limit-concurrency slot
+            await asyncio.sleep(0.005)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    srv = serve(
+        app, access_log_format="{target} {status} {bytes}", limit_concurrency=1, limit_concurrency_mode="reject"
+    )
+    crash = exchange(srv.port, b"GET /crash HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert crash.startswith(b"HTTP/1.1 500 ") and crash.endswith(b"\r\n\r\nInternal Server Error")
+    holder = open_conn(srv.port)
+    holder.sendall(b"GET /hold HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    wait_for(lambda: srv.server.service is not None and srv.server.service.inflight == 1)
+    rejected = exchange(srv.port, b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert rejected.startswith(b"HTTP/1.1 503 ") and rejected.endswith(b"\r\n\r\nService Unavailable")
+    release.set()
+    assert read_rest(holder).endswith(b"ok")
+    holder.close()
+    lines = access_lines(3)
+    assert lines[:2] == ["/crash 500 21", "/second 503 19"]  # len("Internal Server Error"), len("Service Unavailable")
+    assert lines[2] == "/hold 200 2"
