@@ -362,11 +362,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_response_complete(self, cycle: Cycle, keep_alive: bool) -> None:
         service = self.service
-        if service.access_log:
-            service.log_access(cycle)
-        metrics = service.metrics
-        if metrics is not None:
-            metrics.request(cycle.status, service.clock() - cycle.started_at)
+        if service.timed:
+            service.record(cycle)
         if cycle.waiter is not None:
             cycle.wake()  # a receive() waiting for a disconnect gets one now
         self.active = None

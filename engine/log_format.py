@@ -95,9 +95,6 @@ class AccessFormat:
     extras: Callable[[dict[str, Any], int], tuple[Any, ...]] | None
     #: Every field's name, when each is also an attribute of the record (JSON, --log-config).
     keys: tuple[str, ...] | None
-    #: The fast path: a %-template that takes the seven default values as they come (the default
-    #: line, or any format of those fields in that order without specs), when nothing else is needed.
-    template: str | None
 
 
 def compile_access_format(
@@ -158,9 +155,8 @@ def compile_access_format(
         raise ConfigError(f"--access-log-format: {exc} in {text!r}") from None
     percent_template = "".join(percent_parts) if percent else None
     render = _renderer(percent_template, "".join(format_parts), order, width)
-    fast = percent_template if extras is None and order == list(range(_CORE)) else None
     render(_SAMPLE[:width])
-    return AccessFormat(text, frozenset(fields), render, extras, ACCESS_FIELDS if every_field else None, fast)
+    return AccessFormat(text, frozenset(fields), render, extras, ACCESS_FIELDS if every_field else None)
 
 
 def _renderer(percent: str | None, template: str, order: list[int], width: int) -> Callable[[tuple[Any, ...]], str]:

@@ -96,7 +96,6 @@ class HttpService:
             colours=access_colours(config),
             every_field=config.log_format == "json" or config.log_config is not None,
         )
-        self._access_template = access_format.template
         self._access_render = access_format.render
         self._access_extras = access_format.extras
         #: Structured outputs get every field as an attribute of the record (its JSON keys).
@@ -105,7 +104,8 @@ class HttpService:
         #: --metrics-port: this loop's request counters (polycorn.loops.coordination.LoopCounters),
         #: set by the coordinator; None otherwise, and the request path then counts nothing.
         self.metrics: Any = None
-        #: Whether request start times are taken (service.clock()): for the access log or metrics.
+        #: Whether request start times are taken and finished responses recorded (``record``): for
+        #: the access log or metrics.
         self.timed = self.access_log
         self.connections: set[HttpConnection | WebSocketCycle] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -245,7 +245,16 @@ class HttpService:
         self._trusted_hosts[host] = trusted
         return trusted
 
-    def log_access(self, cycle: Cycle) -> None:
+    def record(self, cycle: Cycle) -> None:
+        """The access line and the metrics of a finished response (only when ``timed``): one clock read."""
+        elapsed = self.clock() - cycle.started_at
+        if self.access_log:
+            self.log_access(cycle, elapsed)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.request(cycle.status, elapsed)
+
+    def log_access(self, cycle: Cycle, elapsed: float) -> None:
         """One access record; its values are in polycorn.log_format.ACCESS_FIELDS order."""
         scope = cycle.scope
         client = scope["client"]
@@ -256,12 +265,8 @@ class HttpService:
             scope["http_version"],
             cycle.status,
             cycle.bytes_sent,
-            (self.clock() - cycle.started_at) * 1000.0,
+            elapsed * 1000.0,
         )
-        template = self._access_template
-        if template is not None:  # the default line: as cheap as it always was
-            access_logger.info(template % values)
-            return
         extras = self._access_extras
         if extras is not None:
             values += extras(scope, cycle.status)

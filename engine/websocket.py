@@ -386,12 +386,10 @@ class WebSocketCycle(asyncio.Protocol):
         transport.write(b"".join(head))
         self.status = 101
         self.state = OPEN
-        if service.access_log:
-            service.log_access(self)
-        metrics = service.metrics
-        if metrics is not None:
-            metrics.request(101, service.clock() - self.started_at)
-            metrics.websockets += 1
+        if service.timed:
+            service.record(self)
+        if service.metrics is not None:
+            service.metrics.websockets += 1
         # The transport is ours from here on: frames no longer pass through the HTTP parser.
         service.connections.discard(conn)
         service.connections.add(self)

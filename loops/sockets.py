@@ -1,4 +1,8 @@
-"""Listening sockets: TCP, UNIX domain, or one handed over by file descriptor."""
+"""Listening sockets: TCP or UNIX domain ones bound here, and checks for ones handed over.
+
+Sockets handed over by file descriptor (--fd, systemd socket activation) are chosen by
+:func:`polycorn.loops.activation.inherited`, which every server asks before binding.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,7 @@ _SERVED_FAMILIES = {socket.AF_INET, socket.AF_INET6} | ({socket.AF_UNIX} if hasa
 
 
 def bind(config: Config) -> socket.socket:
-    """Create the listening socket the configuration asks for, or raise BindError."""
-    if config.fd is not None:
-        return adopt(config.fd, f"--fd {config.fd}", BindError)
+    """Create the listening socket --uds or --host/--port asks for, or raise BindError."""
     if config.uds is not None:
         return _bind_unix(config.uds, config.backlog, config.uds_mode)
     return _bind_tcp(config.host, config.port, config.backlog)

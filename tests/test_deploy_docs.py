@@ -21,11 +21,8 @@ import math
 import os
 import re
 import shlex
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ import yaml
 
 from polycorn.config import Config, cli_flag, option_fields
 from tests.conftest import RunningServer, free_port
+from tests.test_nginx import NGINX, run_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "docs" / "deploy"
@@ -448,28 +446,6 @@ def test_service_and_budget_select_the_pods_and_the_pod_runs_as_the_image_user(
 
 # -- the nginx configuration of docs/deploy/nginx.md ------------------------------------------------
 
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
-)
-
-NGINX_WRAPPER = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-{config}
-}}
-"""
-
 
 def nginx_block_of_the_docs() -> str:
     text = NGINX_DOC.read_text(encoding="utf-8")
@@ -512,32 +488,11 @@ def docs_nginx(tmp_path: Path, serve: Callable[..., RunningServer]) -> Iterator[
     ):
         assert config.count(old) == 1, f"{old!r} is no longer in the docs' configuration: update this test"
         config = config.replace(old, new)
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_WRAPPER.format(tmp=tmp_path, config=config), encoding="utf-8")
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proxy = run_nginx(tmp_path, port, config, timeout=30)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                log = tmp_path / "error.log"
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"nginx did not start:\n{log.read_text() if log.exists() else ''}") from None
-                time.sleep(0.05)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        proxy.stop()
 
 
 def test_docs_nginx_config_keeps_upstream_connections_alive(docs_nginx: int) -> None:

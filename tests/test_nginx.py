@@ -88,7 +88,8 @@ def upstream_connections(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return ports
 
 
-NGINX_CONF = """
+#: An nginx in the foreground, with every file it writes in {tmp}; ``{http}``: the http block's body.
+NGINX_MAIN = """
 daemon off;
 master_process off;
 worker_processes 1;
@@ -102,7 +103,11 @@ http {{
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
+{http}
+}}
+"""
 
+NGINX_HTTP = """
     upstream polycorn {{
         server 127.0.0.1:{upstream};
         keepalive 16;
@@ -124,7 +129,6 @@ http {{
             proxy_next_upstream off;
         }}
     }}
-}}
 """
 
 
@@ -138,6 +142,38 @@ class Nginx:
     def error_log(self) -> str:
         path = self.tmp / "error.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def run_nginx(tmp: Path, port: int, http: str, timeout: float = 10.0) -> Nginx:
+    """Start nginx with ``http`` as its http block's body and wait until it accepts on ``port``."""
+    assert NGINX is not None
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_MAIN.format(tmp=tmp, http=http), encoding="utf-8")
+    # -e: the error log before the configuration is read (else nginx tries /var/log/nginx).
+    proc = subprocess.Popen(
+        [NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = Nginx(tmp, port, proc)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise AssertionError(f"nginx did not start (exit {proc.poll()}):\n{server.error_log}") from None
+            time.sleep(0.02)
 
 
 @pytest.fixture
@@ -163,43 +199,20 @@ def nginx(tmp_path: Path) -> Iterator[Callable[..., Nginx]]:
             )
             certificates = f"ssl_certificate {tmp}/cert.pem; ssl_certificate_key {tmp}/key.pem;"
         port = free_port()
-        conf = tmp / "nginx.conf"
-        conf.write_text(
-            NGINX_CONF.format(
-                tmp=tmp,
-                upstream=upstream,
-                keepalive_timeout=keepalive_timeout,
-                port=port,
-                ssl=" ssl" if tls else "",
-                certificates=certificates,
-            )
+        http = NGINX_HTTP.format(
+            upstream=upstream,
+            keepalive_timeout=keepalive_timeout,
+            port=port,
+            ssl=" ssl" if tls else "",
+            certificates=certificates,
         )
-        # -e: the error log before the configuration is read (else nginx tries /var/log/nginx).
-        proc = subprocess.Popen(
-            [NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        server = Nginx(tmp, port, proc)
+        server = run_nginx(tmp, port, http)
         started.append(server)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return server
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"nginx did not start (exit {proc.poll()}):\n{server.error_log}") from None
-                time.sleep(0.02)
+        return server
 
     yield start
     for server in started:
-        server.proc.terminate()
-        try:
-            server.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(5)
+        server.stop()
 
 
 @pytest.fixture
