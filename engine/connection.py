@@ -18,6 +18,7 @@ from urllib.parse import unquote
 from polycorn import forwarded
 from polycorn.cycle import BODY, DONE, START, RequestCycle
 from polycorn.logs import escape, request_target
+from polycorn.outbox import WRITE_SOON_BELOW, WRITE_SOON_PARTS
 from polycorn.parsing import ProtocolError
 from polycorn.response import PHRASES, error_response
 from polycorn.websocket import WebSocketCycle, is_websocket_upgrade
@@ -73,6 +74,7 @@ class HttpConnection(asyncio.Protocol):
         "closed",
         "eof",
         "upgrade",
+        "held",
     )
 
     def __init__(self, service: HttpService) -> None:
@@ -100,6 +102,8 @@ class HttpConnection(asyncio.Protocol):
         self.closed = False
         self.eof = False
         self.upgrade: WebSocketCycle | None = None  # a WebSocket handshake the app has not answered
+        #: Small writes held until the loop's pass ends (polycorn.outbox); None when nothing is held.
+        self.held: list[bytes] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -144,6 +148,8 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.eof = True
+        if self.held is not None:
+            self.flush()  # answers already given, still held: they go out before any close
         active = self.active
         if active is None or active.waiter is not None or (self.parsing is active and not active.body_done):
             # Idle, an app waiting in receive() (for the disconnect, say), or a body that can
@@ -154,6 +160,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.held = None  # the client is gone: nothing held can reach it
         self.service.connections.discard(self)
         if self.timer is not None:
             self.timer.cancel()
@@ -184,6 +191,40 @@ class HttpConnection(asyncio.Protocol):
                 await waiter
             finally:
                 self.drain_waiter = None
+
+    # -- writing: everything goes out in order, held writes first (polycorn.outbox) ------------------
+    def write_soon(self, data: bytes) -> None:
+        """Write small ``data`` when the loop's pass ends, large ``data`` now."""
+        held = self.held
+        if len(data) >= WRITE_SOON_BELOW:
+            if held is not None:
+                self.flush()
+            self.transport.write(data)
+        elif held is None:
+            self.held = [data]
+            self.service.outbox.add(self)
+        else:
+            held.append(data)
+            if len(held) >= WRITE_SOON_PARTS:
+                self.flush()
+
+    def write(self, data: bytes) -> None:
+        """Write now, after whatever is held."""
+        if self.held is not None:
+            self.flush()
+        self.transport.write(data)
+
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        if self.held is not None:
+            self.flush()
+        self.transport.writelines(parts)
+
+    def flush(self) -> None:
+        """Write what is held (once the loop's pass ends, or before anything written after it)."""
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     # -- parser sink ----------------------------------------------------------------------------
     def on_head(self, method: bytes, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]]) -> None:
@@ -345,7 +386,7 @@ class HttpConnection(asyncio.Protocol):
                     service.metrics.rejected += 1
                 cycle.status = 503
                 cycle.state = DONE
-                self.transport.write(error_response(503, service.date_line))
+                self.write(error_response(503, service.date_line))
                 cycle.bytes_sent = len(PHRASES[503])
                 self.on_response_complete(cycle, False)
                 return
@@ -373,6 +414,8 @@ class HttpConnection(asyncio.Protocol):
             return
         pipeline = self.pipeline
         if pipeline:
+            if self.held is not None:
+                self.flush()  # a client gone shows only when written to: find out before the next
             if self.transport.is_closing():
                 self.close()  # a write found the client gone: run none of its queued requests
                 return
@@ -494,7 +537,7 @@ class HttpConnection(asyncio.Protocol):
                 cycle.state = DONE
                 cycle.status = 408
         if answer:
-            self.transport.write(error_response(408, self.service.date_line))
+            self.write(error_response(408, self.service.date_line))
             if self.service.metrics is not None:
                 self.service.metrics.error(408)
         self.close()
@@ -519,10 +562,13 @@ class HttpConnection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.parser.stop()
+            if self.held is not None:
+                self.flush()
             self.transport.close()
 
     def force_close(self) -> None:
         self.closed = True
+        self.held = None
         self.transport.abort()
 
     # -- errors -----------------------------------------------------------------------------------
@@ -557,7 +603,7 @@ class HttpConnection(asyncio.Protocol):
             exc.status,
         )
         if not self.closed:
-            self.transport.write(error_response(exc.status, self.service.date_line, headers=exc.headers))
+            self.write(error_response(exc.status, self.service.date_line, headers=exc.headers))
             if self.service.metrics is not None:
                 self.service.metrics.error(exc.status)
         self.close()

@@ -12,6 +12,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from polycorn.outbox import WRITE_SOON_BELOW
 from polycorn.response import (
     CONTINUE,
     NO_BODY_STATUSES,
@@ -62,10 +63,6 @@ def _name_kind(name: Any) -> int:
 
 
 _PATHSEND_CHUNK = 256 * 1024
-#: Streamed body parts smaller than this are held back and written together (see ``pending``),
-#: at most this many at a time: 256 KiB at the most per response.
-_COALESCE_BELOW = 16 * 1024
-_COALESCE_PARTS = 16
 
 
 class ClientDisconnected(OSError):
@@ -94,7 +91,6 @@ class RequestCycle:
         "bytes_sent",
         "started_at",
         "task",
-        "pending",
     )
 
     def __init__(
@@ -126,9 +122,6 @@ class RequestCycle:
         self.bytes_sent = 0
         self.started_at = started_at
         self.task: asyncio.Task[None] | None = None
-        #: Body parts of a streamed response not yet written: several ``more_body`` messages sent
-        #: in one step of the app leave in one write (one system call) at the step's end.
-        self.pending: list[bytes] | None = None
 
     # -- fed by the connection ---------------------------------------------------------------
     def feed_body(self, chunk: bytes) -> None:
@@ -180,13 +173,12 @@ class RequestCycle:
             return
         conn = self.conn
         if self.state == BODY:
-            self.flush()  # what the app sent before failing is the client's
-            self.state = DONE
+            self.state = DONE  # what the app sent before failing is the client's: the close writes it
             conn.abort_cycle(self)
             return
         self.status = 500
         keep_alive = self.keep_alive and conn.service.accepting and not self.expect_continue
-        conn.transport.write(error_response(500, conn.service.date_line, close=not keep_alive))
+        conn.write(error_response(500, conn.service.date_line, close=not keep_alive))
         self.bytes_sent = len(PHRASES[500])  # the access log counts the body the server wrote
         self.state = DONE
         conn.on_response_complete(self, keep_alive)
@@ -195,7 +187,7 @@ class RequestCycle:
         if self.expect_continue:
             self.expect_continue = False
             if self.state == START and not self.disconnected:
-                self.conn.transport.write(CONTINUE)
+                self.conn.write(CONTINUE)
         while not self.chunks and not self.disconnected and self.state != DONE:
             if self.body_done and not self.body_delivered:
                 break
@@ -357,68 +349,39 @@ class RequestCycle:
                     self.state = HEAD
                 raise RuntimeError(f"response body shorter than its content-length header ({remaining} bytes missing)")
         self.bytes_sent += len(body)
+        conn = self.conn
         if self.chunked:
             if body:
                 data = b"".join((head, b"%x\r\n" % len(body), body, b"\r\n0\r\n\r\n" if not more_body else b"\r\n"))
             else:
                 data = head + b"0\r\n\r\n" if not more_body else head
         elif head:
-            if len(body) >= _COALESCE_BELOW:
+            if len(body) >= WRITE_SOON_BELOW:
                 # A large body is not copied just to put the head in front of it: the transport
                 # sends both in one go (uvloop: one writev) from the app's own buffer.
-                self.conn.transport.writelines((head, body))
+                conn.writelines((head, body))
                 data = b""
             else:
                 data = head + body if body else head
         else:
             data = body
-        if more_body:
-            if not data:
-                return
-            pending = self.pending
-            if len(data) >= _COALESCE_BELOW:
-                if pending is not None:
-                    self.flush()
-                self.conn.transport.write(data)  # a large part gains nothing from waiting
-            elif pending is None:
-                self.pending = [data]
-                # Written when this step of the app ends (it awaits something, or returns), so a
-                # slow stream (server-sent events, say) is never held back.
-                self.conn.loop.call_soon(self.flush)
-            else:
-                pending.append(data)
-                if len(pending) >= _COALESCE_PARTS:
-                    self.flush()
-            return
-        pending = self.pending
-        if pending:
-            pending.append(data)
-            data = b"".join(pending)
-            self.pending = None
         if data:
-            self.conn.transport.write(data)
-        self.state = DONE
-        self.conn.on_response_complete(self, self.keep_alive)
-
-    def flush(self) -> None:
-        """Write the streamed body parts held back (see ``pending``)."""
-        pending = self.pending
-        if pending is not None:
-            self.pending = None
-            if not self.conn.closed:
-                self.conn.transport.write(b"".join(pending))
+            conn.write_soon(data)
+        if not more_body:
+            self.state = DONE
+            conn.on_response_complete(self, self.keep_alive)
 
     async def _pathsend(self, path: str) -> None:
         """``http.response.pathsend``: the file goes out with sendfile where the loop can."""
         conn = self.conn
-        self.flush()
+        conn.flush()
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
             if self.state == HEAD:
                 if self.remaining is None and not self.is_head and self.status not in NO_BODY_STATUSES:
                     self.remaining = size
                     self.head_block += b"content-length: %d\r\n" % size
-                conn.transport.write(self._head(None, True))
+                conn.write(self._head(None, True))
             if not self.is_head and self.status not in NO_BODY_STATUSES:
                 if self.remaining is not None and self.remaining != size:
                     self.keep_alive = False
@@ -431,7 +394,7 @@ class RequestCycle:
     async def _send_file(self, file: Any, size: int) -> None:
         conn = self.conn
         if self.chunked:
-            conn.transport.write(b"%x\r\n" % size)
+            conn.write(b"%x\r\n" % size)
         if conn.writing_paused:
             await conn.drain()
         try:
@@ -442,8 +405,8 @@ class RequestCycle:
             while chunk := file.read(_PATHSEND_CHUNK):
                 if self.disconnected:
                     raise ClientDisconnected("the client disconnected") from None
-                conn.transport.write(chunk)
+                conn.write(chunk)
                 if conn.writing_paused:
                     await conn.drain()
         if self.chunked:
-            conn.transport.write(b"\r\n")
+            conn.write(b"\r\n")

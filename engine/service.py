@@ -20,6 +20,7 @@ from polycorn.config import Config
 from polycorn.connection import HttpConnection
 from polycorn.log_format import compile_access_format
 from polycorn.logs import access_colours, access_logger, request_target
+from polycorn.outbox import Outbox
 from polycorn.parsing import ParserLimits, parser_class
 from polycorn.websocket import GOING_AWAY, SERVICE_RESTART, websocket_settings
 
@@ -109,6 +110,7 @@ class HttpService:
         self.timed = self.access_log
         self.connections: set[HttpConnection | WebSocketCycle] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.outbox = Outbox(loop)
         self.inflight = 0
         self.served = 0
         self._limit = config.limit_concurrency or 0

@@ -382,8 +382,8 @@ class WebSocketCycle(asyncio.Protocol):
         head.append(service.head_defaults(app_server, app_date))
         head.append(block)
         head.append(b"\r\n")
+        conn.write(b"".join(head))  # after any response to a request before it, still held
         transport = self.transport
-        transport.write(b"".join(head))
         self.status = 101
         self.state = OPEN
         if service.timed:
@@ -413,7 +413,7 @@ class WebSocketCycle(asyncio.Protocol):
         self.status = status
         self.state = CLOSED
         if not conn.closed:
-            conn.transport.write(error_response(status, self.service.date_line))
+            conn.write(error_response(status, self.service.date_line))
             self.bytes_sent = len(PHRASES[status])
         conn.on_response_complete(self, False)
 
