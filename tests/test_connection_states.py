@@ -527,3 +527,86 @@ def test_http10_keep_alive_serves_the_next_request(parser: str) -> None:
         await h.finish()
 
     run(main)
+
+
+# -- the outbox: small writes leave when the loop's pass ends (polycorn.outbox) ----------------------
+@pytest.mark.parametrize("parser", PARSERS)
+def test_responses_of_one_pass_are_written_after_every_ready_app_ran(parser: str) -> None:
+    """Two connections' requests arrive together: both apps finish before either response is written."""
+
+    async def main() -> None:
+        events: list[str] = []
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await respond(send, scope["path"].encode())
+            events.append("done " + scope["path"])
+
+        h = Harness(parser, app)
+        other = FakeTransport(h.loop)
+        conn = h.service.protocol_factory()
+        other.protocol = conn
+        conn.connection_made(other)
+        for name, transport in (("a", h.transport), ("b", other)):
+            write = transport.write
+
+            def logged(data: Any, name: str = name, write: Any = write) -> None:
+                events.append("write " + name)
+                write(data)
+
+            transport.write = logged  # type: ignore[method-assign]
+        h.feed(GET % b"/a")
+        conn.data_received(GET % b"/b")
+        await until(lambda: len(events) == 4, "both answered")
+        assert events == ["done /a", "done /b", "write a", "write b"]
+        assert responses(h.transport.written) == [(200, b"/a")]
+        assert responses(other.written) == [(200, b"/b")]
+        other.close()
+        await h.finish()
+
+    run(main)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_streamed_parts_sent_in_one_step_leave_in_one_write(parser: str) -> None:
+    async def main() -> None:
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for part in (b"one", b"two", b"three"):
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            if scope["path"] == "/pause":
+                await asyncio.sleep(0)  # the step ends: what is held goes out
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        h = Harness(parser, app)
+        h.feed(GET % b"/")
+        await until(lambda: h.transport.written.endswith(b"0\r\n\r\n"), "the whole response")
+        assert h.transport.writes == 1
+        assert h.transport.written.endswith(b"\r\n\r\n3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n0\r\n\r\n")
+        h.feed(GET % b"/pause")
+        await until(lambda: h.transport.written.count(b"0\r\n\r\n") == 2, "the second response")
+        assert h.transport.writes == 3  # the parts before the pause, then the end
+        await h.finish()
+
+    run(main)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_a_large_write_goes_out_at_once_after_what_is_held(parser: str) -> None:
+    async def main() -> None:
+        large = b"x" * 20000
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"small", "more_body": True})
+            assert h.transport.writes == 0  # held
+            await send({"type": "http.response.body", "body": large, "more_body": True})
+            assert h.transport.writes == 2  # the held head and part first, then the large one
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        h = Harness(parser, app)
+        h.feed(GET % b"/")
+        await until(lambda: h.transport.written.endswith(b"0\r\n\r\n"), "the whole response")
+        assert h.transport.written.endswith(b"\r\n\r\n5\r\nsmall\r\n4e20\r\n" + large + b"\r\n0\r\n\r\n")
+        await h.finish()
+
+    run(main)
