@@ -408,7 +408,9 @@ class HttpConnection(asyncio.Protocol):
         if cycle.waiter is not None:
             cycle.wake()  # a receive() waiting for a disconnect gets one now
         self.active = None
-        service.request_served()
+        service.served += 1
+        if service.served == service.max_requests:
+            service.max_requests_reached()
         if not keep_alive or self.closed:
             self.close()
             return
@@ -436,8 +438,14 @@ class HttpConnection(asyncio.Protocol):
             self.maybe_resume_reading()
             self.close_if_idle(service.shutdown_linger)
             return
-        self.maybe_resume_reading()
-        self._idle()
+        if self.reading_paused:
+            self.maybe_resume_reading()
+        # The keep-alive deadline (_idle, inlined: this runs once per request). The timer armed
+        # for an earlier, sooner deadline only has the deadline moved; it looks again when it fires.
+        self.head_since = 0.0
+        self.deadline = deadline = self.loop.time() + service.keep_alive
+        if self.timer is None or self.timer_at > deadline:
+            self._arm(deadline)
 
     def abort_cycle(self, cycle: Cycle) -> None:
         """The response cannot be finished: the client sees the connection close."""
