@@ -173,6 +173,7 @@ class HttpConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         self.service.connection_closed()
+        self.parser.detach()
 
     def pause_writing(self) -> None:
         self.writing_paused = True

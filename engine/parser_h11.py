@@ -95,6 +95,11 @@ class H11Adapter:
     def stop(self) -> None:
         self._stopped = True
 
+    def detach(self) -> None:
+        self._stopped = True
+        self._body = None  # a body reader holds the connection too
+        del self._sink
+
     @staticmethod
     def _skip_empty_lines(data: bytes) -> bytes:
         """RFC 9112 §2.2: empty lines before a request line are ignored, as llhttp does.

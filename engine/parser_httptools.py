@@ -70,6 +70,10 @@ class HttptoolsAdapter:
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Stopped):
+                # httptools keeps the exception (its last error): without its traceback it holds
+                # no frame, so this parser, its adapter and connection are freed by reference
+                # counting rather than left in a cycle for the garbage collector.
+                cause.__traceback__ = None
                 return
             self._stopped = True  # nothing after a broken message is parsed
             self._in_body = False
@@ -114,6 +118,11 @@ class HttptoolsAdapter:
 
     def stop(self) -> None:
         self._stopped = True
+
+    def detach(self) -> None:
+        self._stopped = True
+        # httptools' parser holds this adapter's bound callbacks, and the adapter the connection.
+        del self._parser, self._sink, self.on_body
 
     # -- llhttp callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:

@@ -89,6 +89,9 @@ class ParserAdapter(Protocol):
     def stop(self) -> None:
         """Ignore everything after the current message (the connection will close)."""
 
+    def detach(self) -> None:
+        """The connection is gone: drop every reference back to it (no cycle for the GC to find)."""
+
 
 def parser_class(name: str) -> type[ParserAdapter]:
     """Pick the adapter once at start-up: 'auto' prefers httptools where it imports."""
