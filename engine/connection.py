@@ -198,9 +198,7 @@ class HttpConnection(asyncio.Protocol):
         """Write small ``data`` when the loop's pass ends, large ``data`` now."""
         held = self.held
         if len(data) >= WRITE_SOON_BELOW:
-            if held is not None:
-                self.flush()
-            self.transport.write(data)
+            self.write(data)
         elif held is None:
             self.held = [data]
             self.service.outbox.add(self)
