@@ -407,9 +407,7 @@ class HttpConnection(asyncio.Protocol):
         if cycle.waiter is not None:
             cycle.wake()  # a receive() waiting for a disconnect gets one now
         self.active = None
-        service.served += 1
-        if service.served == service.max_requests:
-            service.max_requests_reached()
+        service.request_served()
         if not keep_alive or self.closed:
             self.close()
             return
@@ -437,14 +435,8 @@ class HttpConnection(asyncio.Protocol):
             self.maybe_resume_reading()
             self.close_if_idle(service.shutdown_linger)
             return
-        if self.reading_paused:
-            self.maybe_resume_reading()
-        # The keep-alive deadline (_idle, inlined: this runs once per request). The timer armed
-        # for an earlier, sooner deadline only has the deadline moved; it looks again when it fires.
-        self.head_since = 0.0
-        self.deadline = deadline = self.loop.time() + service.keep_alive
-        if self.timer is None or self.timer_at > deadline:
-            self._arm(deadline)
+        self.maybe_resume_reading()
+        self._idle()
 
     def abort_cycle(self, cycle: Cycle) -> None:
         """The response cannot be finished: the client sees the connection close."""

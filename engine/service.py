@@ -124,8 +124,7 @@ class HttpService:
         #: Called with True when the server reaches --limit-concurrency in queue mode (stop
         #: accepting) and with False once it is back under the low-water mark.
         self.on_saturation: Callable[[bool], None] | None = None
-        #: --limit-max-requests (-1: none; ``served`` never equals it).
-        self.max_requests = (max_requests if max_requests is not None else config.limit_max_requests) or -1
+        self._max_requests = (max_requests if max_requests is not None else config.limit_max_requests) or 0
         self._on_max_requests = on_max_requests
         self.accepting = True
         self.shutdown_linger = SHUTDOWN_LINGER
@@ -207,14 +206,8 @@ class HttpService:
             self._check_drained()
 
     def request_served(self) -> None:
-        """A WebSocket session ended (HTTP responses count themselves, inline)."""
         self.served += 1
-        if self.served == self.max_requests:
-            self.max_requests_reached()
-
-    def max_requests_reached(self) -> None:
-        """Called by the connection when ``served`` reaches ``max_requests``."""
-        if self._on_max_requests is not None:
+        if self.served == self._max_requests and self._on_max_requests is not None:
             logger.info("served %d requests (--limit-max-requests): shutting down", self.served)
             self._on_max_requests()
 

@@ -155,14 +155,16 @@ def assert_error_response(data: bytes, status: int) -> None:
     assert header_values(headers, "transfer-encoding") == []
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.005) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.005, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"{what} not met in time")
         time.sleep(interval)
 
 

@@ -21,14 +21,6 @@ from tests.fixture_apps.process import FIXTURE_DIR, Child, polycorn, wait_port
 APP_DIR = ("--app-dir", FIXTURE_DIR)
 
 
-def _stop(child: Child, sig: int = signal.SIGTERM) -> int:
-    child.send_signal(sig)
-    try:
-        return child.wait(15)
-    finally:
-        child.kill()
-
-
 def _single_error_line(stderr: str) -> str:
     """The whole stderr is one 'Error: ...' line, with no traceback."""
     assert "Traceback" not in stderr, stderr
@@ -103,7 +95,7 @@ def test_python_dash_m_serves_the_demo_app() -> None:
         assert url == f"http://127.0.0.1:{port}"
         _exercise_demo(url)
     finally:
-        rc = _stop(child)
+        rc = child.stop()
     assert rc == 0, child.output
     assert "finished server process" in child.stderr
 
@@ -115,7 +107,7 @@ def test_console_script_serves_the_demo_app() -> None:
     try:
         _exercise_demo(child.url())
     finally:
-        rc = _stop(child, signal.SIGINT)
+        rc = child.stop(signal.SIGINT)
     assert rc == 0, child.output
     assert "Traceback" not in child.output
 
@@ -125,7 +117,7 @@ def test_app_from_the_environment_variable() -> None:
     try:
         assert httpx.get(child.url() + "/", timeout=10).text == "Hello, world!"
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
 
 
 # -- start-up errors: one line on stderr, a meaningful exit code -----------------------------------
@@ -162,7 +154,7 @@ def test_factory_flag_builds_the_app() -> None:
     try:
         assert httpx.get(child.url(), timeout=10).text == "built by the factory"
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
 
 
 def test_port_in_use_exits_1() -> None:
@@ -255,7 +247,7 @@ def test_env_file_is_loaded_before_the_app_is_imported(tmp_path: Path) -> None:
     try:
         assert httpx.get(child.url(), timeout=10).text == "hello from the env file"
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
 
 
 def test_app_dir_puts_the_directory_on_sys_path(tmp_path: Path) -> None:
@@ -273,7 +265,7 @@ def test_app_dir_puts_the_directory_on_sys_path(tmp_path: Path) -> None:
     try:
         assert httpx.get(child.url(), timeout=10).text == "from app-dir"
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
 
 
 def test_root_path_is_prefixed() -> None:
@@ -284,7 +276,7 @@ def test_root_path_is_prefixed() -> None:
         assert r.json()["path"] == "/api/items/1"
         assert r.json()["raw_path"] == "/api/items/1"
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
 
 
 # -- sockets ----------------------------------------------------------------------------------------
@@ -301,7 +293,7 @@ def test_uds_serves_over_a_unix_socket() -> None:
             assert client.get("/").text == "Hello, world!"
             assert client.post("/echo", content=b"over unix").content == b"over unix"
     finally:
-        rc = _stop(child)
+        rc = child.stop()
     assert rc == 0, child.output
     assert not os.path.exists(path), "the socket file is removed at exit"
     os.rmdir(directory)
@@ -318,7 +310,7 @@ def test_fd_serves_on_an_inherited_socket() -> None:
             assert child.url() == f"http://127.0.0.1:{port}"
             assert httpx.get(f"http://127.0.0.1:{port}/json", timeout=10).json()["server"] == "polycorn"
         finally:
-            assert _stop(child) == 0, child.output
+            assert child.stop() == 0, child.output
     finally:
         sock.close()
 
@@ -334,7 +326,7 @@ def test_backlog_is_accepted() -> None:
     try:
         assert httpx.get(child.url(), timeout=10).status_code == 200
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
 
 
 def test_custom_default_headers_are_sent() -> None:
@@ -354,7 +346,7 @@ def test_custom_default_headers_are_sent() -> None:
         assert r.headers["x-other"] == "2"
         assert "server" not in r.headers
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
 
 
 # -- logging ----------------------------------------------------------------------------------------
@@ -376,7 +368,7 @@ def test_log_config_json(tmp_path: Path) -> None:
         httpx.get(url + "/json", timeout=10)
         child.wait_for('"GET /json HTTP/1.1" 200')
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
     assert "JSONFMT|INFO|polycorn.error|listening on" in child.stderr
     assert "JSONFMT|INFO|polycorn.access|" in child.stderr
 
@@ -396,7 +388,7 @@ def test_log_config_ini(tmp_path: Path) -> None:
     try:
         child.url()
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
     assert "INIFMT INFO listening on http://127.0.0.1:" in child.stderr
     assert "INIFMT INFO shutting down" in child.stderr
 
@@ -415,7 +407,7 @@ def test_access_log_default_and_no_access_log() -> None:
         httpx.get(child.url() + "/json?x=1", timeout=10)
         child.wait_for('"GET /json?x=1 HTTP/1.1" 200')
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
     assert "polycorn.access" in child.stdout
 
     quiet = polycorn("polycorn.demo:app", "--port", "0", "--no-access-log")
@@ -424,7 +416,7 @@ def test_access_log_default_and_no_access_log() -> None:
         for _ in range(3):
             assert httpx.get(url + "/json?x=1", timeout=10).status_code == 200
     finally:
-        assert _stop(quiet) == 0, quiet.output
+        assert quiet.stop() == 0, quiet.output
     assert "finished server process" in quiet.stderr  # the error log still works
     assert "GET /json" not in quiet.output
     assert "polycorn.access" not in quiet.output
@@ -437,7 +429,7 @@ def test_log_level_warning_suppresses_info_lines() -> None:
         wait_port(port, child=child)
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).text == "Hello, world!"
     finally:
-        rc = _stop(child)
+        rc = child.stop()
     assert rc == 0, child.output
     assert "INFO" not in child.output
     assert "listening on" not in child.output
@@ -449,5 +441,5 @@ def test_log_level_debug_is_accepted_case_insensitively() -> None:
     try:
         assert httpx.get(child.url(), timeout=10).status_code == 200
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
     assert "listening on" in child.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -63,14 +62,6 @@ def _one_error_line(stderr: str) -> str:
     assert len(lines) == 1, stderr
     assert lines[0].startswith("Error: "), stderr
     return lines[0]
-
-
-def _stop(child: Child) -> int:
-    child.send_signal(signal.SIGTERM)
-    try:
-        return child.wait(30)
-    finally:
-        child.kill()
 
 
 # -- each source alone ---------------------------------------------------------------------------
@@ -511,7 +502,7 @@ def test_serves_on_the_port_of_the_file_then_of_the_environment(tmp_path: Path) 
         assert r.text == "configured"
         assert r.headers["x-from"] == "the file"
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
 
     env_port = free_port()
     env = {**env, "POLYCORN_PORT": str(env_port), "POLYCORN_HEADERS": "X-From: the environment, too"}
@@ -522,7 +513,7 @@ def test_serves_on_the_port_of_the_file_then_of_the_environment(tmp_path: Path) 
         assert r.text == "configured"
         assert r.headers["x-from"] == "the environment, too"
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
 
 
 def test_programmatic_run_reads_no_environment_or_file(tmp_path: Path) -> None:
@@ -533,4 +524,4 @@ def test_programmatic_run_reads_no_environment_or_file(tmp_path: Path) -> None:
     try:
         assert httpx.get(child.url() + "/", timeout=10).text == "Hello, world!"
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output

@@ -29,6 +29,7 @@ from polycorn.loops.gunicorn import drain_seconds, polycorn_options  # noqa: E40
 from polycorn.workers import PolycornWorker  # noqa: E402
 from tests.conftest import connect, free_port, is_closed, read_response  # noqa: E402
 from tests.fixture_apps.process import Child  # noqa: E402
+from tests.http_apps import wait_for  # noqa: E402
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 APP = "tests.fixture_apps.gunicorn_app:app"
@@ -119,17 +120,6 @@ def in_thread(call: Any) -> tuple[threading.Thread, dict[str, Any]]:
     thread = threading.Thread(target=go, daemon=True)
     thread.start()
     return thread, result
-
-
-def wait_until(predicate: Any, what: str, timeout: float = 30.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 # -- serving ----------------------------------------------------------------------------------------
@@ -314,7 +304,7 @@ def test_sighup_reload_keeps_serving() -> None:
                 failures.append(response)
             return response.status_code == 200 and response.json()["pid"] != first
 
-        wait_until(replaced, "a new worker to answer after SIGHUP", timeout=60)
+        wait_for(replaced, timeout=60, what="a new worker to answer after SIGHUP")
         g.child.wait_for(f"MARK lifespan shutdown pid={first}", timeout=30)
         assert g.child.proc.poll() is None  # the arbiter serves on
         assert g.served_by() != first
@@ -326,7 +316,7 @@ def test_usr1_reopens_log_files_and_winch_is_ignored(tmp_path: Path) -> None:
     with gunicorn("--access-logfile", str(log), "--log-level", "debug") as g:
         (pid,) = g.ready_pids()
         g.served_by("/before")
-        wait_until(lambda: log.exists() and "/before" in log.read_text(), "the first access line")
+        wait_for(lambda: log.exists() and "/before" in log.read_text(), timeout=30, what="the first access line")
         os.rename(log, tmp_path / "access.log.1")  # what logrotate does before it sends SIGUSR1
         g.signal(signal.SIGUSR1)  # the arbiter reopens its files and passes the signal on to the workers
 
@@ -334,7 +324,7 @@ def test_usr1_reopens_log_files_and_winch_is_ignored(tmp_path: Path) -> None:
             g.served_by("/after")
             return log.exists() and "/after" in log.read_text()
 
-        wait_until(logged_in_new_file, "an access line in the reopened file", interval=0.2)
+        wait_for(logged_in_new_file, interval=0.2, timeout=30, what="an access line in the reopened file")
         os.kill(pid, signal.SIGWINCH)
         g.child.wait_for("SIGWINCH ignored", timeout=30)
         assert g.served_by() == pid  # neither signal stopped the worker
@@ -362,8 +352,8 @@ def test_worker_stops_when_the_arbiter_dies() -> None:
         g.child.proc.wait(30)  # (not g.wait(): the worker still holds the output pipes)
         try:
             # (Child.wait_for gives up once the arbiter is gone: the worker's output is polled here.)
-            wait_until(lambda: "Parent changed, shutting down" in g.child.output, "the worker to notice")
-            wait_until(lambda: f"MARK lifespan shutdown pid={pid}" in g.child.output, "a graceful stop")
+            wait_for(lambda: "Parent changed, shutting down" in g.child.output, timeout=30, what="the worker to notice")
+            wait_for(lambda: f"MARK lifespan shutdown pid={pid}" in g.child.output, timeout=30, what="a graceful stop")
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # it is no child of ours: only its pid can stop it

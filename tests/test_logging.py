@@ -41,14 +41,6 @@ ISO_UTC_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 EVERY_FIELD = "|".join(f"{{{name}}}" for name in ACCESS_FIELDS)
 
 
-def _stop(child: Child) -> int:
-    child.send_signal(signal.SIGTERM)
-    try:
-        return child.wait(20)
-    finally:
-        child.kill()
-
-
 @pytest.fixture
 def access_lines(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Callable[[int], list[str]]:
     """``access_lines(n)``: wait for n access records of the in-process server, return their messages."""
@@ -285,7 +277,7 @@ def test_json_logs_end_to_end() -> None:
         assert httpx.get(url + "/stream?n=1", headers=headers, timeout=10).status_code == 200
         child.wait_for('"request_id":"e2e-1"')
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
     errors = _json_lines(child.stderr)
     (access,) = _json_lines(child.stdout)
     messages = [r["message"] for r in errors]
@@ -334,7 +326,7 @@ def test_json_logs_and_worker_ids_in_workers(mode: str) -> None:
             time.sleep(0.2)
             seen = {r["worker_id"] for r in _json_lines(child.stdout)}
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
     access = _json_lines(child.stdout)
     assert seen == {0, 1}, access
     for record in access:
@@ -424,7 +416,7 @@ def test_app_crash_logged_once_with_traceback(tmp_path: Path, log_format: str) -
         _crash_everything(port)
         child.wait_for("GET /ok HTTP/1.1")  # the last request's access line: every crash is logged by now
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
     err = child.stderr
     if log_format == "json":
         records = _json_lines(err)
@@ -566,7 +558,7 @@ def test_colours(flags: tuple[str, ...], stdout_tty: bool, access_coloured: bool
     try:
         _serve_one_request(child)
     finally:
-        rc = child.stop() if isinstance(child, TerminalChild) else _stop(child)
+        rc = child.stop()
     assert rc == 0, child.stderr + child.stdout
     out, err = child.stdout, child.stderr
     (access,) = [line for line in out.splitlines() if "/missing" in line]

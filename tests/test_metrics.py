@@ -34,6 +34,7 @@ from polycorn.loops.supervisor import supervised
 from tests.conftest import RunningServer, connect, free_port, read_response, run_cli
 from tests.fixture_apps.metrics_app import app as metrics_app
 from tests.fixture_apps.process import FIXTURE_DIR, Child, polycorn
+from tests.test_workers import server as workers_server
 
 APP = "metrics_app:app"
 DEADLINE = 30.0
@@ -49,32 +50,14 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 @contextlib.contextmanager
 def server(*extra: str, workers: int = 2, mode: str = "process") -> Iterator[tuple[Child, str, str]]:
     """A supervised server with metrics on a free port: (child, app url, metrics url)."""
-    child = polycorn(
-        APP,
-        "--app-dir",
-        FIXTURE_DIR,
-        "--workers",
-        str(workers),
-        "--worker-mode",
-        mode,
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--no-access-log",
-        *extra,
-    )
-    try:
+    with workers_server("--metrics-port", "0", *extra, workers=workers, mode=mode, app=APP, wait_ready=False) as (
+        child,
+        url,
+    ):
         child.wait_for(f"all {workers} workers ready", timeout=DEADLINE)
         match = re.search(r"metrics on (http://\S+)", child.output)
         assert match, child.output
-        yield child, child.url(), match.group(1)
-    finally:
-        if child.proc.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            with contextlib.suppress(Exception):
-                child.proc.wait(20)
-        child.kill()
+        yield child, url, match.group(1)
 
 
 def scrape(url: str) -> Samples:

@@ -8,7 +8,6 @@ launcher execs it) and execs ``python -m polycorn``, as systemd does for a ``.so
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -70,14 +69,6 @@ def launch(socks: list[Any], *args: str, listen_pid: str = "self", env: dict[str
         full_env["LISTEN_PID"] = listen_pid
     argv = [sys.executable, "-c", _LAUNCHER, ",".join(map(str, fds)), listen_pid, *args]
     return Child(argv, env=full_env, pass_fds=tuple(fds))
-
-
-def stop(child: Child) -> int:
-    child.send_signal(signal.SIGTERM)
-    try:
-        return child.wait(60)
-    finally:
-        child.kill()
 
 
 def tcp_listener(backlog: int = 128) -> socket.socket:
@@ -200,7 +191,7 @@ def test_restart_loses_no_request(how: str, workers: str) -> None:
                 first.wait_for("systemd socket activation: serving fd 3 (web), http://127.0.0.1:", 60)
             wait_until(lambda: clients.ok >= 20, "requests served by the first server", child=first)
 
-            assert stop(first) == 0, first.output
+            assert first.stop(timeout=60) == 0, first.output
             # No server process exists now: these wait in the kernel's backlog.
             queued = [send(port) for _ in range(8)]
 
@@ -210,7 +201,7 @@ def test_restart_loses_no_request(how: str, workers: str) -> None:
             served = clients.ok
             wait_until(lambda: clients.ok >= served + 20, "requests served by the second server", child=second)
         assert clients.errors == [], clients.errors[:5]
-        assert stop(second) == 0, second.output
+        assert second.stop(timeout=60) == 0, second.output
         if how == "fd":
             assert "socket activation" not in first.output + second.output
     finally:
@@ -253,7 +244,7 @@ def test_unix_socket_activation(tmp_dir: Path) -> None:
             assert seen == {"LISTEN_PID": None, "LISTEN_FDS": None, "LISTEN_FDNAMES": None}
             assert not os.path.exists(ignored)
         finally:
-            assert stop(child) == 0, child.output
+            assert child.stop(timeout=60) == 0, child.output
         assert os.path.exists(path), "systemd's socket file is not polycorn's to remove"
         # Still listening (not shut down): a client is queued for the next server.
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
@@ -294,7 +285,7 @@ def test_several_sockets_with_workers(tmp_dir: Path) -> None:
                 client.sendall(_REQUEST)
                 assert read_response(client)[2] == _HELLO
         finally:
-            assert stop(child) == 0, child.output
+            assert child.stop(timeout=60) == 0, child.output
     finally:
         tcp.close()
         unix.close()
@@ -310,7 +301,7 @@ def test_ignored_host_and_port_are_named() -> None:
             assert "systemd socket activation: --host, --port ignored" in child.output
             assert httpx.get(f"http://127.0.0.1:{port}/", timeout=30).content == _HELLO
         finally:
-            assert stop(child) == 0, child.output
+            assert child.stop(timeout=60) == 0, child.output
     finally:
         listener.close()
 
@@ -338,7 +329,7 @@ def test_listen_pid_of_another_process_is_ignored(tmp_dir: Path) -> None:
             seen = httpx.get(url, timeout=30).json()
             assert seen == {"LISTEN_PID": None, "LISTEN_FDS": None, "LISTEN_FDNAMES": None}
         finally:
-            assert stop(child) == 0, child.output
+            assert child.stop(timeout=60) == 0, child.output
     finally:
         listener.close()
 

@@ -19,11 +19,7 @@ FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
 def _stopped(child: Child) -> str:
-    child.send_signal(signal.SIGINT)
-    try:
-        assert child.wait(15) == 0, child.output
-    finally:
-        child.kill()
+    assert child.stop(signal.SIGINT) == 0, child.output
     return child.output
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import stat
 import tempfile
@@ -12,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import read_response, run_cli
-from tests.fixture_apps.process import Child, polycorn
+from tests.fixture_apps.process import polycorn
 
 
 @pytest.fixture
@@ -32,14 +31,6 @@ def _get(path: str) -> bytes:
         status, _, body = read_response(client)
     assert status == 200
     return body
-
-
-def _stop(child: Child) -> int:
-    child.send_signal(signal.SIGTERM)
-    try:
-        return child.wait(30)
-    finally:
-        child.kill()
 
 
 @pytest.mark.parametrize(
@@ -64,7 +55,7 @@ def test_socket_file_has_the_mode_asked_for(
             child.wait_for(f"all {workers} workers ready", 60)
         assert _get(sock_path) == b"Hello, world!"
     finally:
-        rc = _stop(child)
+        rc = child.stop()
     assert rc == 0, child.output
     assert not os.path.exists(sock_path), "the socket file is removed at exit"
 
@@ -75,7 +66,7 @@ def test_without_uds_perms_the_umask_decides(sock_path: str) -> None:
         child.listening(60)
         assert stat.S_IMODE(os.stat(sock_path).st_mode) == 0o750
     finally:
-        assert _stop(child) == 0, child.output
+        assert child.stop() == 0, child.output
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,14 @@ class Child:
             t.join(5)
         return rc
 
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send ``sig`` and wait for the exit status; killed in any case, so nothing outlives a test."""
+        self.send_signal(sig)
+        try:
+            return self.wait(timeout)
+        finally:
+            self.kill()
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
