@@ -12,6 +12,7 @@ to call ``adapter.stop()`` (``Connection: close``, HTTP/1.0 without keep-alive, 
 
 from __future__ import annotations
 
+import gc
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -637,6 +638,19 @@ def test_stop_between_messages_ignores_the_rest() -> None:
         parser.stop()
         parser.feed(GET + b"garbage that would be a 400\r\n\r\n")
         assert [e[0] for e in sink.events] == ["head", "end"], name
+
+
+def test_a_fed_buffer_is_not_kept_after_the_feed() -> None:
+    """An idle keep-alive connection must not pin the last bytes it read (a whole upload, say)."""
+    body = b"x" * 65536
+    data = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    for name, cls in ADAPTERS.items():
+        sink = Recorder()
+        parser = cls(sink, DEFAULT)
+        sink.adapter = parser
+        parser.feed(data)
+        assert [e[0] for e in sink.events] == ["head", "body", "end"], name
+        assert not any(ref is data for ref in gc.get_referents(parser)), name
 
 
 def test_errors_are_final() -> None:
