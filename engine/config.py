@@ -245,6 +245,13 @@ class Config:
         minimum=0,
         group="implementation",
     )
+    malloc_trim_interval: float = option(
+        1.0,
+        "glibc only: seconds between returns of the heap's free memory to the OS, so that what "
+        "--malloc-trim-threshold kept for a burst does not stay resident after it; 0 never.",
+        minimum=0,
+        group="implementation",
+    )
     lifespan: Literal["auto", "on", "off"] = option(
         "auto",
         "Lifespan protocol: 'auto' runs it if the app supports it, 'on' requires it.",

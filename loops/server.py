@@ -23,7 +23,7 @@ from polycorn.lifespan import Lifespan
 from polycorn.logs import configure_logging
 from polycorn.loops import activation, eventloop, sockets, startup
 from polycorn.loops.acceptor import Acceptor
-from polycorn.loops.allocator import tune_malloc
+from polycorn.loops.allocator import HeapTrimmer, tune_malloc
 from polycorn.loops.coordination import LoopCoordinator
 from polycorn.service import HttpService
 from polycorn.tls import server_tls
@@ -137,10 +137,13 @@ class Server:
             )
         else:
             self._log_started(loop, service)
+        trimmer = HeapTrimmer(loop, config.malloc_trim_interval)
+        trimmer.start()
         try:
             await self._exit.wait()
         finally:
             logger.info("shutting down")
+            trimmer.stop()
             self._accepting_wanted = False
             for srv in self._listeners:
                 srv.close()

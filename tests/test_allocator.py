@@ -2,21 +2,24 @@
 
 Checked end to end, inside the serving process: with the default, 3 MiB of 64 KiB blocks freed in
 a request stay with the process; with ``0`` (glibc's own setting) most of it is returned at once,
-which is the shrink-and-grow churn the option removes. Free-threaded CPython allocates Python
-objects with its own mimalloc, never glibc's heap, so there both runs keep the memory.
+which is the shrink-and-grow churn the option removes. ``--malloc-trim-interval`` then returns
+what stayed free, later. Free-threaded CPython allocates Python objects with its own mimalloc,
+never glibc's heap, so there both runs keep the memory and no trim returns it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import signal
 import sysconfig
+import time
 
 import httpx
 import pytest
 
-from polycorn.loops.allocator import tune_malloc
-from tests.fixture_apps.process import FIXTURE_DIR, polycorn
+from polycorn.loops.allocator import HeapTrimmer, tune_malloc
+from tests.fixture_apps.process import FIXTURE_DIR, Child, polycorn
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
@@ -24,11 +27,36 @@ FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 pytestmark = pytest.mark.skipif(not GLIBC, reason="the option tunes glibc's malloc; this system has another libc")
 
 
+def heap_server(*options: str) -> Child:
+    return polycorn("heap_app:app", "--app-dir", FIXTURE_DIR, "--port", "0", "--log-level", "info", *options)
+
+
 def released_kib(*options: str) -> int:
-    child = polycorn("heap_app:app", "--app-dir", FIXTURE_DIR, "--port", "0", "--log-level", "info", *options)
+    child = heap_server(*options)
     try:
         url = child.url()
         return int(httpx.get(url, timeout=10).text)
+    finally:
+        child.send_signal(signal.SIGINT)
+        assert child.wait() == 0, child.output
+
+
+def kept_then_resident(interval: str, watch: float) -> tuple[int, int, int]:
+    """KiB released by the request at once, resident KiB just after, and at most ``watch`` s later.
+
+    The trim runs on the server's timer, at no moment the test knows: resident memory is polled
+    until it drops by more than 1 MiB or ``watch`` seconds have passed.
+    """
+    child = heap_server("--malloc-trim-interval", interval)
+    try:
+        url = child.url()
+        released = int(httpx.get(url, timeout=10).text)
+        after = later = int(httpx.get(url + "/rss", timeout=10).text)
+        deadline = time.monotonic() + watch
+        while after - later <= 1024 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            later = int(httpx.get(url + "/rss", timeout=10).text)
+        return released, after, later
     finally:
         child.send_signal(signal.SIGINT)
         assert child.wait() == 0, child.output
@@ -44,6 +72,36 @@ def test_zero_leaves_glibc_trimming_as_it_was() -> None:
         assert released < 512  # Python objects live in mimalloc there, not in glibc's heap
     else:
         assert released > 1024
+
+
+@pytest.mark.skipif(FREE_THREADED, reason="Python objects live in mimalloc there: nothing freed is glibc's to return")
+def test_the_interval_returns_what_the_threshold_kept() -> None:
+    released, after, later = kept_then_resident("0.2", watch=5.0)
+    assert released < 512  # kept for reuse by the request...
+    assert after - later > 1024  # ...and returned by the timer once it stayed free
+
+
+@pytest.mark.skipif(FREE_THREADED, reason="Python objects live in mimalloc there: nothing freed is glibc's to return")
+def test_interval_zero_keeps_it() -> None:
+    released, after, later = kept_then_resident("0", watch=1.0)  # five intervals of the test above
+    assert released < 512
+    assert after - later < 512
+
+
+def test_only_one_loop_per_process_trims() -> None:
+    """The loops of a threaded worker share one heap: one timer walks it; a later loop takes over."""
+    loops = [asyncio.new_event_loop() for _ in range(3)]
+    try:
+        first, second, third = (HeapTrimmer(loop, 1.0) for loop in loops)
+        assert first.start() is True
+        assert second.start() is False
+        first.stop()
+        assert third.start() is True
+        third.stop()
+        assert HeapTrimmer(loops[0], 0).start() is False  # 0: never
+    finally:
+        for loop in loops:
+            loop.close()
 
 
 def test_tune_malloc_reports_what_glibc_took() -> None:

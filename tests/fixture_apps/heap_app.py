@@ -1,7 +1,8 @@
 """Answers how much of 3 MiB, freed just now, the serving process gave back to the OS (in KiB).
 
 The blocks are 64 KiB each, the size of a request body that made glibc's heap shrink and grow
-again per request before ``--malloc-trim-threshold``.
+again per request before ``--malloc-trim-threshold``. ``GET /rss`` answers the process's resident
+memory (KiB) instead, for what ``--malloc-trim-interval`` returns later.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ def _rss() -> int:
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/rss":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"%d" % (_rss() // 1024)})
         return
     blocks = [bytes(64 * 1024) for _ in range(48)]
     before = _rss()
