@@ -83,7 +83,6 @@ class HeapTrimmer:
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
         self.loop = loop
         self.interval = interval
-        self.trims = 0  # calls that gave memory back
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> bool:
@@ -106,6 +105,5 @@ class HeapTrimmer:
                 HeapTrimmer._owner = None
 
     def _tick(self) -> None:
-        if _glibc().malloc_trim(0):
-            self.trims += 1
+        _glibc().malloc_trim(0)
         self._timer = self.loop.call_later(self.interval, self._tick)
