@@ -114,7 +114,8 @@ class HttptoolsAdapter:
                 self._earlier_whole = True
             else:
                 self._raw_head = 0  # it began after another message: counted from the next feed
-                self._earlier = data[-keep:]  # it starts somewhere in here
+                # It starts somewhere after the request line checked last (never that line).
+                self._earlier = data[self._seen :][-keep:]
                 self._earlier_whole = False
             if self._raw_head > self._limits.head:
                 self._stopped = True

@@ -613,6 +613,17 @@ def test_corpus_whole_and_bytewise(case: Case) -> None:
         assert whole[0][-1] == ("upgrade-data", b"\x81\x05hello")
 
 
+@pytest.mark.parametrize("case", [c for c in CORPUS if len(c.data) <= 256], ids=lambda c: c.id)
+def test_corpus_every_two_feed_split(case: Case) -> None:
+    """Each split point in turn: a head that begins after another message in one feed and ends in
+    the next was once checked against the earlier message's request line (a split hypothesis
+    found only now and then)."""
+    whole = http_only(run("httptools", case.data, (), case.limits))
+    for cut in range(1, len(case.data)):
+        outcome = assert_same(case.data, (cut,), case.limits)
+        assert http_only(outcome) == whole, f"{case.id}: split at {cut} changed the outcome"
+
+
 def http_only(outcome: Outcome) -> Outcome:
     """Without the bytes after an Upgrade head: how many arrive with the head depends on the split."""
     return tuple(e for e in outcome[0] if e[0] != "upgrade-data"), outcome[1]
