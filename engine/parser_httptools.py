@@ -90,6 +90,10 @@ class HttptoolsAdapter:
             if rest:
                 self._sink.on_upgrade_data(rest)
         except httptools.HttpParserError as exc:
+            if self._stopped and self._completed and not self._in_head and not self._in_body:
+                # Bytes after the last message: llhttp refuses them itself after a message that
+                # closes the connection ("Data after `Connection: close`"). They are ignored.
+                return
             self._stopped = True
             self._in_body = False
             raise ProtocolError(400, f"malformed request: {exc}") from None
@@ -212,10 +216,11 @@ class HttptoolsAdapter:
         return True
 
     def on_message_complete(self) -> None:
+        # After the last message, whatever follows is ignored without raising here (an exception
+        # per Connection: close request costs more than the rest of this callback): llhttp
+        # refuses bytes after a closing message (feed() drops that error), a next message after
+        # a stop() ends in on_message_begin, and after an Upgrade or CONNECT llhttp stops by
+        # itself and says where the next protocol's bytes begin.
         self._in_body = False
         self._completed = True
         self._sink.on_message_complete()
-        if self._stopped and not self._parser.should_upgrade():
-            # The last message on this connection: ignore whatever follows. (After an Upgrade
-            # or CONNECT llhttp stops by itself and says where the next protocol's bytes begin.)
-            raise _Stopped
