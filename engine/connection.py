@@ -75,6 +75,7 @@ class HttpConnection(asyncio.Protocol):
         "eof",
         "upgrade",
         "held",
+        "unheard",
     )
 
     def __init__(self, service: HttpService) -> None:
@@ -104,6 +105,8 @@ class HttpConnection(asyncio.Protocol):
         self.upgrade: WebSocketCycle | None = None  # a WebSocket handshake the app has not answered
         #: Small writes held until the loop's pass ends (polycorn.outbox); None when nothing is held.
         self.held: list[bytes] | None = None
+        #: Waiting for its first bytes in the service's polycorn.first_byte.FirstByteWait.
+        self.unheard = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -130,12 +133,14 @@ class HttpConnection(asyncio.Protocol):
             # Accepted just before shutdown began: its request, already on the way, is answered.
             self.close_if_idle(service.shutdown_linger)
             return
-        if service.keep_alive:
-            self._idle()  # a connection that never sends a request is idle too
-        elif service.header_timeout:
-            self._arm(self.loop.time() + service.header_timeout)
+        # A connection that never sends a request is idle too: closed after --timeout-keep-alive
+        # (--timeout-request-header with keep-alive off), by one timer for all such connections.
+        self.unheard = service.first_byte.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.unheard:
+            self.unheard = False
+            self.service.first_byte.discard(self)
         try:
             self.parser.feed(data)
         except ProtocolError as exc:
@@ -162,6 +167,9 @@ class HttpConnection(asyncio.Protocol):
         self.closed = True
         self.held = None  # the client is gone: nothing held can reach it
         self.service.connections.discard(self)
+        if self.unheard:
+            self.unheard = False
+            self.service.first_byte.discard(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from polycorn.config import Config
 from polycorn.connection import HttpConnection
+from polycorn.first_byte import FirstByteWait
 from polycorn.log_format import compile_access_format
 from polycorn.logs import access_colours, access_logger, request_target
 from polycorn.outbox import Outbox
@@ -111,6 +112,8 @@ class HttpService:
         self.connections: set[HttpConnection | WebSocketCycle] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.outbox = Outbox(loop)
+        #: New connections until their first bytes: one timer for all (polycorn.first_byte).
+        self.first_byte = FirstByteWait(loop, self.keep_alive or self.header_timeout)
         self.inflight = 0
         self.served = 0
         self._limit = config.limit_concurrency or 0
@@ -323,6 +326,7 @@ class HttpService:
 
     def close(self) -> None:
         self.shutdown_linger = 0.0  # drained: a connection accepted after this is closed at once
+        self.first_byte.close()
         if self._date_timer is not None:
             self._date_timer.cancel()
             self._date_timer = None

@@ -128,6 +128,26 @@ def test_without_keep_alive_a_silent_connection_still_closes(serve: Any, stack: 
     assert took < 3.0
 
 
+def test_silent_connections_each_close_at_their_own_deadline(serve: Any, stack: dict[str, str]) -> None:
+    """One timer serves all new connections (polycorn.first_byte): each still closes at its own
+    deadline, oldest first, and one that sends a request leaves the wait and is served."""
+    keep_alive = 0.6
+    srv = serve(hello, timeout_request_header=5, timeout_keep_alive=keep_alive, **stack)
+    started = time.monotonic()
+    with connect(srv.port) as first:
+        time.sleep(0.4)
+        with connect(srv.port) as second, connect(srv.port) as talker:
+            talker.sendall(HEAD_START + b"\r\n")
+            assert read_response(talker)[0] == 200
+            assert is_closed(first, timeout=5.0)
+            first_closed = time.monotonic() - started
+            assert not is_closed(second, timeout=0.1), "the later connection went with the first"
+            assert is_closed(second, timeout=5.0)
+            second_closed = time.monotonic() - started
+    assert first_closed >= keep_alive - 0.05
+    assert second_closed >= 0.4 + keep_alive - 0.05
+
+
 def test_header_timeout_zero_waits_beyond_keep_alive(serve: Any, stack: dict[str, str]) -> None:
     srv = serve(hello, timeout_request_header=0, timeout_keep_alive=0.2, **stack)
     with connect(srv.port) as sock:
