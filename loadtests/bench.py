@@ -179,6 +179,11 @@ def uvicorn_h11_command(port: int, extra: Sequence[str] = ()) -> list[str]:
     return command
 
 
+def ceiling_command(port: int, extra: Sequence[str] = ()) -> list[str]:
+    """loadtests/ceiling.py: a bare uvloop + httptools protocol, no ASGI (``get`` and ``close`` only)."""
+    return [sys.executable, str(HERE / "ceiling.py"), "--host", "127.0.0.1", "--port", str(port), *extra]
+
+
 SERVERS: dict[str, ServerSpec] = {
     "polycorn": ServerSpec("polycorn", polycorn_command),
     "uvicorn": ServerSpec("uvicorn", uvicorn_command),
@@ -186,6 +191,8 @@ SERVERS: dict[str, ServerSpec] = {
     "hypercorn": ServerSpec("hypercorn", hypercorn_command),
     "polycorn-h11": ServerSpec("h11", polycorn_h11_command),
     "uvicorn-h11": ServerSpec("uvicorn", uvicorn_h11_command),
+    # Asked for by name only, and only meaningful for get and close (it answers 13 bytes to all).
+    "ceiling": ServerSpec("uvloop", ceiling_command),
 }
 #: Run unless --servers names others: the h11 pair is asked for by name.
 DEFAULT_SERVERS = ["polycorn", "uvicorn", "granian", "hypercorn"]
