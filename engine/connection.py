@@ -105,7 +105,8 @@ class HttpConnection(asyncio.Protocol):
         self.upgrade: WebSocketCycle | None = None  # a WebSocket handshake the app has not answered
         #: Small writes held until the loop's pass ends (polycorn.outbox); None when nothing is held.
         self.held: list[bytes] | None = None
-        #: Waiting for its first bytes in the service's polycorn.first_byte.FirstByteWait.
+        #: Waiting for its first bytes in the service's polycorn.first_byte.FirstByteWait (which
+        #: sets and clears it): one attribute test per read instead of a dict lookup.
         self.unheard = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -135,11 +136,10 @@ class HttpConnection(asyncio.Protocol):
             return
         # A connection that never sends a request is idle too: closed after --timeout-keep-alive
         # (--timeout-request-header with keep-alive off), by one timer for all such connections.
-        self.unheard = service.first_byte.add(self)
+        service.first_byte.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.unheard:
-            self.unheard = False
             self.service.first_byte.discard(self)
         try:
             self.parser.feed(data)
@@ -168,7 +168,6 @@ class HttpConnection(asyncio.Protocol):
         self.held = None  # the client is gone: nothing held can reach it
         self.service.connections.discard(self)
         if self.unheard:
-            self.unheard = False
             self.service.first_byte.discard(self)
         if self.timer is not None:
             self.timer.cancel()

@@ -28,17 +28,19 @@ class FirstByteWait:
         self.waiting: dict[HttpConnection, float] = {}
         self._timer: asyncio.TimerHandle | None = None
 
-    def add(self, conn: HttpConnection) -> bool:
-        """Start ``conn``'s wait; False if there is no limit (nothing to leave later)."""
+    def add(self, conn: HttpConnection) -> None:
+        """Start ``conn``'s wait (none without a limit); ``conn.unheard`` says whether it waits here."""
         if not self.timeout:
-            return False
+            return
         deadline = self.loop.time() + self.timeout
         self.waiting[conn] = deadline
+        conn.unheard = True
         if self._timer is None:
             self._timer = self.loop.call_at(deadline, self._expire)
-        return True
 
     def discard(self, conn: HttpConnection) -> None:
+        """End ``conn``'s wait: its first bytes came, or it closed (callers check ``unheard`` first)."""
+        conn.unheard = False
         self.waiting.pop(conn, None)
 
     def _expire(self) -> None:
@@ -51,7 +53,7 @@ class FirstByteWait:
                 break
             expired.append(conn)
         for conn in expired:
-            del self.waiting[conn]
+            self.discard(conn)
             conn.close()  # idle from its accept to its deadline: no request is lost
 
     def close(self) -> None:

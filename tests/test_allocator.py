@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from polycorn.loops.allocator import HeapTrimmer, tune_malloc
-from tests.fixture_apps.process import FIXTURE_DIR, Child, polycorn
+from tests.fixture_apps.process import FIXTURE_DIR, polycorn
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
@@ -27,27 +27,13 @@ FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 pytestmark = pytest.mark.skipif(not GLIBC, reason="the option tunes glibc's malloc; this system has another libc")
 
 
-def heap_server(*options: str) -> Child:
-    return polycorn("heap_app:app", "--app-dir", FIXTURE_DIR, "--port", "0", "--log-level", "info", *options)
+def heap_run(*options: str, watch: float = 0.0) -> tuple[int, int, int]:
+    """One request to heap_app: KiB it released at once, resident KiB just after, and later.
 
-
-def released_kib(*options: str) -> int:
-    child = heap_server(*options)
-    try:
-        url = child.url()
-        return int(httpx.get(url, timeout=10).text)
-    finally:
-        child.send_signal(signal.SIGINT)
-        assert child.wait() == 0, child.output
-
-
-def kept_then_resident(interval: str, watch: float) -> tuple[int, int, int]:
-    """KiB released by the request at once, resident KiB just after, and at most ``watch`` s later.
-
-    The trim runs on the server's timer, at no moment the test knows: resident memory is polled
-    until it drops by more than 1 MiB or ``watch`` seconds have passed.
+    With ``watch``, resident memory is polled until it drops by more than 1 MiB or ``watch``
+    seconds have passed: the trim runs on the server's timer, at no moment the test knows.
     """
-    child = heap_server("--malloc-trim-interval", interval)
+    child = polycorn("heap_app:app", "--app-dir", FIXTURE_DIR, "--port", "0", "--log-level", "info", *options)
     try:
         url = child.url()
         released = int(httpx.get(url, timeout=10).text)
@@ -58,16 +44,15 @@ def kept_then_resident(interval: str, watch: float) -> tuple[int, int, int]:
             later = int(httpx.get(url + "/rss", timeout=10).text)
         return released, after, later
     finally:
-        child.send_signal(signal.SIGINT)
-        assert child.wait() == 0, child.output
+        assert child.stop(signal.SIGINT) == 0, child.output
 
 
 def test_default_threshold_keeps_freed_memory_for_reuse() -> None:
-    assert released_kib() < 512
+    assert heap_run()[0] < 512
 
 
 def test_zero_leaves_glibc_trimming_as_it_was() -> None:
-    released = released_kib("--malloc-trim-threshold", "0")
+    released = heap_run("--malloc-trim-threshold", "0")[0]
     if FREE_THREADED:
         assert released < 512  # Python objects live in mimalloc there, not in glibc's heap
     else:
@@ -76,14 +61,14 @@ def test_zero_leaves_glibc_trimming_as_it_was() -> None:
 
 @pytest.mark.skipif(FREE_THREADED, reason="Python objects live in mimalloc there: nothing freed is glibc's to return")
 def test_the_interval_returns_what_the_threshold_kept() -> None:
-    released, after, later = kept_then_resident("0.2", watch=5.0)
+    released, after, later = heap_run("--malloc-trim-interval", "0.2", watch=5.0)
     assert released < 512  # kept for reuse by the request...
     assert after - later > 1024  # ...and returned by the timer once it stayed free
 
 
 @pytest.mark.skipif(FREE_THREADED, reason="Python objects live in mimalloc there: nothing freed is glibc's to return")
 def test_interval_zero_keeps_it() -> None:
-    released, after, later = kept_then_resident("0", watch=1.0)  # five intervals of the test above
+    released, after, later = heap_run("--malloc-trim-interval", "0", watch=1.0)  # five intervals of the test above
     assert released < 512
     assert after - later < 512
 

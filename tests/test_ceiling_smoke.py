@@ -7,38 +7,26 @@ ASGI at all), so the script must keep answering: keep-alive requests on one conn
 
 from __future__ import annotations
 
+import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_response, recv_all
-from tests.http_apps import wait_for
+from tests.conftest import free_port, read_response, recv_all
+from tests.fixture_apps.process import Child, wait_port
 
 SCRIPT = Path(__file__).resolve().parent.parent / "loadtests" / "ceiling.py"
 pytest.importorskip("uvloop")
 pytest.importorskip("httptools")
 
 
-def _answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
-
-
 def test_ceiling_answers_keep_alive_and_close() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    port = free_port()
+    child = Child([sys.executable, str(SCRIPT), "--port", str(port)])
     try:
-        wait_for(lambda: _answers(port), timeout=20, what="ceiling.py listening")
+        wait_port(port, timeout=20, child=child)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             for _ in range(3):
                 sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -49,6 +37,4 @@ def test_ceiling_answers_keep_alive_and_close() -> None:
         assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and b"connection: close" in rest
         assert rest.endswith(b"\r\n\r\nHello, world!")  # and then the server closed
     finally:
-        proc.terminate()
-        out = proc.communicate(timeout=10)[0]
-    assert proc.returncode == 0, out
+        assert child.stop(signal.SIGTERM) == 0, child.output
