@@ -9,6 +9,14 @@ import httptools
 from polycorn.parsing import ParserLimits, ProtocolError, Sink
 
 
+#: The version a request line states, read from the bytes after "METHOD target HTTP/" with the
+#: CR that ends the line: what llhttp parsed there, without httptools formatting a string for it.
+_VERSIONS = {b"1.1\r": "1.1", b"1.0\r": "1.0"}.get
+#: Longer than any method llhttp knows (the longest are 13 bytes): a target this much below
+#: the request-line limit needs no method to know the line fits.
+_METHOD_BOUND = 32
+
+
 class _Stopped(Exception):
     """Raised inside a callback to abandon the rest of the buffer."""
 
@@ -144,9 +152,10 @@ class HttptoolsAdapter:
         self._raw_head = 0
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        url = self._url = self._url + url
         # The request line is METHOD SP target SP HTTP/x.y, measured as the h11 adapter does.
-        if len(self._url) + len(self._parser.get_method()) + 10 > self._limits.request_line:
+        limit = self._limits.request_line - 10
+        if len(url) + _METHOD_BOUND > limit and len(url) + len(self._parser.get_method()) > limit:
             raise ProtocolError(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -175,19 +184,21 @@ class HttptoolsAdapter:
         parser = self._parser
         method = parser.get_method()
         url = self._url
-        version = parser.get_http_version()
-        if version == "0.9":
-            raise ProtocolError(400, "malformed request: no HTTP version")  # "GET /" (HTTP/0.9)
         # llhttp takes several spaces between the parts of the request line, and "RTSP/1.0" or
         # "ICE/1.0" for the protocol, telling only the version: RFC 9112 §3 wants one space each,
         # and HTTP. Usually the line starts this feed; else it is somewhere in the bytes kept.
         line = b"%s %s HTTP/" % (method, url)
         data = self._data
-        if self._completed or not data.startswith(line):
-            if not self._line_ok(line, data):
-                raise ProtocolError(400, "malformed request: invalid request line")
+        whole = not self._completed and data.startswith(line)
+        if whole:
+            seen = self._seen = len(line)
+            version = _VERSIONS(data[seen : seen + 4]) or parser.get_http_version()
         else:
-            self._seen = len(line)
+            version = parser.get_http_version()
+        if version == "0.9":
+            raise ProtocolError(400, "malformed request: no HTTP version")  # "GET /" (HTTP/0.9)
+        if not whole and not self._line_ok(line, data):
+            raise ProtocolError(400, "malformed request: invalid request line")
         # The whole head: request line, fields as "name: value" lines, CRLFs (as in the h11 adapter).
         if self._head_bytes + len(method) + len(url) + 14 > self._limits.head:
             raise ProtocolError(431, "request head too large")

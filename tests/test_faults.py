@@ -419,6 +419,16 @@ def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, dict[str, str
         return int(line.split()[1]), dict(headers), body
 
 
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_app_raising_system_exit_stops_the_server(http: str) -> None:
+    # The 500 goes out, then SystemExit leaves the event loop as it left the app: on Python 3.12+
+    # the app runs eagerly inside the read that completed its request, and it must not end there.
+    with child_server("--http", http) as (child, port):
+        status, _, _ = get(port, "/exit")
+        assert status == 500
+        assert child.wait(10) == 3
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_slow_reader_of_a_large_response_keeps_memory_bounded(loop: str, record_property: Any) -> None:
     size = 64 * 1024 * 1024

@@ -3,6 +3,7 @@
 ``/hello``            a small fixed answer
 ``/stream/N``         N bytes (content-length) in fresh 64 KiB parts; every send() is timed
 ``/progress``         JSON: bytes the current /stream handed to send(), sends that waited, longest wait
+``/exit``             raises SystemExit(3) before answering
 ``/work/ID?ms=M&parts=P``
                       writes ``SEEN ID`` to stderr (the request reached the app), sleeps M ms, then
                       answers ``ID`` (content-length) or, with P > 0, P chunked parts ``ID.i;``
@@ -80,6 +81,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await _text(send, b"hello")
     elif path.startswith("/stream/"):
         await _stream(send, int(path.rsplit("/", 1)[1]))
+    elif path == "/exit":
+        raise SystemExit(3)
     elif path == "/progress":
         await _text(send, json.dumps(stats).encode())
     elif path.startswith("/work/"):
