@@ -8,7 +8,6 @@ import httptools
 
 from polycorn.parsing import ParserLimits, ProtocolError, Sink
 
-
 #: The version a request line states, read from the bytes after "METHOD target HTTP/" with the
 #: CR that ends the line: what llhttp parsed there, without httptools formatting a string for it.
 _VERSIONS = {b"1.1\r": "1.1", b"1.0\r": "1.0"}.get
