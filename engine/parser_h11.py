@@ -13,7 +13,15 @@ from typing import ClassVar
 import h11
 
 from polycorn.chunked import ChunkedBody
-from polycorn.parsing import INVALID_VALUE_BYTE, MAX_LENGTH, ParserLimits, ProtocolError, Sink, method_refused
+from polycorn.parsing import (
+    INVALID_VALUE_BYTE,
+    LONGEST_METHOD,
+    MAX_LENGTH,
+    ParserLimits,
+    ProtocolError,
+    Sink,
+    method_refused,
+)
 
 # 400 rather than 2xx: a 2xx would make h11 accept a CONNECT tunnel; no response here is sent.
 _PLACEHOLDER = h11.Response(status_code=400, headers=[(b"content-length", b"0")])
@@ -22,7 +30,7 @@ _END = h11.EndOfMessage()
 # HTTP versions llhttp knows (the connection answers 505 to 2.0); h11 lets any version through.
 _VERSIONS = frozenset((b"1.0", b"1.1", b"2.0"))
 #: Bytes of a request line's start that decide its method (the longest method and its space fit).
-_METHOD_ROOM = 16
+_METHOD_ROOM = LONGEST_METHOD + 1
 #: Content-Length field lines of a raw head: h11 merges repeated or listed equal values into one
 #: field, so a head with several can only be told from the bytes (llhttp refuses such heads).
 _CONTENT_LENGTHS = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE).findall

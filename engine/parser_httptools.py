@@ -6,14 +6,11 @@ from typing import ClassVar
 
 import httptools
 
-from polycorn.parsing import ParserLimits, ProtocolError, Sink
+from polycorn.parsing import LONGEST_METHOD, ParserLimits, ProtocolError, Sink
 
 #: The version a request line states, read from the bytes after "METHOD target HTTP/" with the
 #: CR that ends the line: what llhttp parsed there, without httptools formatting a string for it.
 _VERSIONS = {b"1.1\r": "1.1", b"1.0\r": "1.0"}.get
-#: Longer than any method llhttp knows (the longest are 13 bytes): a target this much below
-#: the request-line limit needs no method to know the line fits.
-_METHOD_BOUND = 32
 
 
 class _Stopped(Exception):
@@ -153,8 +150,9 @@ class HttptoolsAdapter:
     def on_url(self, url: bytes) -> None:
         url = self._url = self._url + url
         # The request line is METHOD SP target SP HTTP/x.y, measured as the h11 adapter does.
+        # The method is fetched (a new bytes object) only for a target long enough to need it.
         limit = self._limits.request_line - 10
-        if len(url) + _METHOD_BOUND > limit and len(url) + len(self._parser.get_method()) > limit:
+        if len(url) + LONGEST_METHOD > limit and len(url) + len(self._parser.get_method()) > limit:
             raise ProtocolError(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:

@@ -43,6 +43,8 @@ KNOWN_METHODS = frozenset(
 _REFUSED_LATE = frozenset(
     b"DESCRIBE ANNOUNCE SETUP PLAY PAUSE TEARDOWN GET_PARAMETER SET_PARAMETER REDIRECT RECORD FLUSH PRI".split()
 )
+#: The longest method in llhttp's table, in bytes.
+LONGEST_METHOD = max(map(len, KNOWN_METHODS | _REFUSED_LATE))
 #: Every beginning of a method in llhttp's table.
 _PREFIXES = frozenset(m[:i] for m in KNOWN_METHODS | _REFUSED_LATE for i in range(1, len(m) + 1))
 

@@ -303,6 +303,20 @@ CORPUS = [
         heads=0,
         limits=SMALL,
     ),
+    # The longest method llhttp serves: the httptools adapter fetches the method only near the limit.
+    Case(
+        "request-line-long-method-at-limit",
+        req(b"UNSUBSCRIBE /" + b"a" * (100 - len(b"UNSUBSCRIBE / HTTP/1.1")) + b" HTTP/1.1\nHost: h\n"),
+        heads=1,
+        limits=SMALL,
+    ),
+    Case(
+        "request-line-long-method-over-limit",
+        req(b"UNSUBSCRIBE /" + b"a" * (101 - len(b"UNSUBSCRIBE / HTTP/1.1")) + b" HTTP/1.1\nHost: h\n"),
+        status=414,
+        heads=0,
+        limits=SMALL,
+    ),
     Case("request-line-endless", b"GET /" + b"a" * 3000, status=414, heads=0, limits=SMALL),
     Case("request-line-over-limit-pipelined", GET + _line_case(150), status=414, heads=1, limits=SMALL),
     Case(
