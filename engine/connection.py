@@ -45,6 +45,9 @@ _REQUEST_SPECIAL = {
 }.get
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}.get
+Task = asyncio.Task
+#: The name of every request's task (asyncio.Task.get_name()).
+REQUEST_TASK_NAME = "polycorn-request"
 #: A deadline that never comes (a timeout set to 0).
 _NEVER = float("inf")
 
@@ -404,8 +407,15 @@ class HttpConnection(asyncio.Protocol):
 
     def start(self, cycle: Cycle) -> None:
         """Run the app for an admitted request (counted in flight by the service)."""
-        cycle.task = task = self.loop.create_task(cycle.run(self.service.app))
-        self.service.tasks.add(task)
+        service = self.service
+        if service.plain_tasks:
+            # A named Task straight from its class: what loop.create_task makes without a task
+            # factory, less the "Task-N" name that 3.11 formats for every unnamed task.
+            task = Task(cycle.run(service.app), loop=self.loop, name=REQUEST_TASK_NAME)
+        else:
+            task = self.loop.create_task(cycle.run(service.app), name=REQUEST_TASK_NAME)
+        cycle.task = task
+        service.tasks.add(task)
 
     def on_response_complete(self, cycle: Cycle, keep_alive: bool) -> None:
         service = self.service

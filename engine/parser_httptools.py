@@ -11,6 +11,8 @@ from polycorn.parsing import LONGEST_METHOD, ParserLimits, ProtocolError, Sink
 #: The version a request line states, read from the bytes after "METHOD target HTTP/" with the
 #: CR that ends the line: what llhttp parsed there, without httptools formatting a string for it.
 _VERSIONS = {b"1.1\r": "1.1", b"1.0\r": "1.0"}.get
+#: The same, from the space before the protocol's name: how a request line opening its feed ends.
+_LINE_ENDS = {b" HTTP/1.1\r": "1.1", b" HTTP/1.0\r": "1.0"}.get
 
 
 class _Stopped(Exception):
@@ -178,12 +180,34 @@ class HttptoolsAdapter:
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        parser = self._parser
-        method = parser.get_method()
+        method = self._parser.get_method()
         url = self._url
         # llhttp takes several spaces between the parts of the request line, and "RTSP/1.0" or
         # "ICE/1.0" for the protocol, telling only the version: RFC 9112 §3 wants one space each,
-        # and HTTP. Usually the line starts this feed; else it is somewhere in the bytes kept.
+        # and HTTP. Usually the head began this feed, perhaps after empty lines: then " HTTP/1.x"
+        # CR where an exact line would put it proves the line exact. That CR can only end the
+        # request line (CR is in no method or target, and what comes before it is not an empty
+        # line), and the line is then just as long as "METHOD SP target" needs: no empty line
+        # before it, no extra space within. Else _version looks further.
+        version = None
+        if self._fresh and not self._completed:
+            at = len(method) + 1 + len(url)
+            version = _LINE_ENDS(self._data[at : at + 10])
+            self._seen = at + 6
+        if version is None:
+            version = self._version(method, url)
+        # The whole head: request line, fields as "name: value" lines, CRLFs (as in the h11 adapter).
+        if self._head_bytes + len(method) + len(url) + 14 > self._limits.head:
+            raise ProtocolError(431, "request head too large")
+        headers = self._headers
+        self._headers = []  # trailer fields land here, never in the request's headers
+        self._head_bytes = 0
+        self._in_body = True
+        self._sink.on_head(method, url, version, headers)
+
+    def _version(self, method: bytes, url: bytes) -> str:
+        """The request's version, once the request line is checked where it is not at hand."""
+        parser = self._parser
         line = b"%s %s HTTP/" % (method, url)
         data = self._data
         whole = not self._completed and data.startswith(line)
@@ -196,14 +220,7 @@ class HttptoolsAdapter:
             raise ProtocolError(400, "malformed request: no HTTP version")  # "GET /" (HTTP/0.9)
         if not whole and not self._line_ok(line, data):
             raise ProtocolError(400, "malformed request: invalid request line")
-        # The whole head: request line, fields as "name: value" lines, CRLFs (as in the h11 adapter).
-        if self._head_bytes + len(method) + len(url) + 14 > self._limits.head:
-            raise ProtocolError(431, "request head too large")
-        headers = self._headers
-        self._headers = []  # trailer fields land here, never in the request's headers
-        self._head_bytes = 0
-        self._in_body = True
-        self._sink.on_head(method, url, version, headers)
+        return version
 
     def _line_ok(self, line: bytes, data: bytes) -> bool:
         """Whether the request line reads ``line`` where this head began, as far as that is known."""

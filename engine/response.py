@@ -39,9 +39,12 @@ def valid_header_block(block: bytes, lines: int) -> bool:
 
     The app must not be able to inject a header or a second response (response splitting): with
     names checked to be tokens, the only CRs and LFs may be the line ends. Checked once over the
-    joined block, not per value.
+    joined block, not per value, in one pass: deleting CR, LF and NUL removes two bytes per line.
     """
-    return block.count(b"\n") == lines and block.count(b"\r") == lines and b"\0" not in block
+    return len(block) - len(block.translate(None, _LINE_BREAKS)) == 2 * lines
+
+
+_LINE_BREAKS = b"\r\n\0"
 
 
 def status_line(status: int) -> bytes:

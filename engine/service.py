@@ -111,6 +111,9 @@ class HttpService:
         self.timed = self.access_log
         self.connections: set[HttpConnection | WebSocketCycle] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        #: No task factory on the loop (one set by the app's lifespan startup counts): request
+        #: tasks are made by asyncio.Task itself.
+        self.plain_tasks = loop.get_task_factory() is None
         self.outbox = Outbox(loop)
         #: New connections until their first bytes: one timer for all (polycorn.first_byte).
         self.first_byte = FirstByteWait(loop, self.keep_alive or self.header_timeout)

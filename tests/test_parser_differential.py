@@ -589,6 +589,9 @@ CORPUS = [
     Case("double-space-request-line", req(b"GET  / HTTP/1.1\nHost: h\n"), status=400, heads=0),
     Case("double-space-before-version", req(b"GET /  HTTP/1.1\nHost: h\n"), status=400, heads=0),
     Case("double-space-pipelined", GET + req(b"GET /x  HTTP/1.1\nHost: h\n"), status=400, heads=1),
+    # An empty line before shifts the line as one more space would: neither may pass for the other.
+    Case("leading-empty-line-then-double-space", b"\r\n" + req(b"GET  /ab HTTP/1.1\nHost: h\n"), status=400, heads=0),
+    Case("double-space-around-target", req(b"GET  /ab  HTTP/1.1\nHost: h\n"), status=400, heads=0),
     Case("double-space-after-same-line", GET + req(b"GET  / HTTP/1.1\nHost: h\n"), status=400, heads=1),
     Case("double-space-first-then-same-line", req(b"GET  / HTTP/1.1\nHost: h\n") + GET, status=400, heads=0),
     Case("rtsp-2-protocol", req(b"GET /x RTSP/2.0\nHost: h\n"), status=400, heads=0),
