@@ -227,3 +227,43 @@ def test_state_without_lifespan_is_an_empty_dict(serve: Any) -> None:
     srv = serve(app, lifespan="off")
     httpx.get(srv.url, timeout=10)
     assert seen == [{}]
+
+
+def test_request_tasks_are_named_and_a_task_factory_set_at_startup_makes_them(serve: Any) -> None:
+    """Request tasks come from the loop's task factory when the app's startup installed one."""
+    made: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        made.append(coro.__qualname__)
+        return task
+
+    def app_for(install: bool) -> Callable[..., Any]:
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                while True:
+                    message = await receive()
+                    if message["type"] == "lifespan.startup":
+                        if install:
+                            asyncio.get_running_loop().set_task_factory(factory)
+                        await send({"type": "lifespan.startup.complete"})
+                    else:
+                        await send({"type": "lifespan.shutdown.complete"})
+                        return
+            task = asyncio.current_task()
+            assert task is not None
+            body = task.get_name().encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+
+        return app
+
+    plain = serve(app_for(False), lifespan="on")
+    assert httpx.get(plain.url, timeout=10).text == "polycorn-request"
+    assert made == []
+    plain.stop()
+
+    factored = serve(app_for(True), lifespan="on")
+    assert httpx.get(factored.url, timeout=10).text == "polycorn-request"
+    assert httpx.get(factored.url, timeout=10).text == "polycorn-request"
+    assert made.count("RequestCycle.run") == 2, made
