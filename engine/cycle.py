@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from polycorn.outbox import WRITE_SOON_BELOW
@@ -217,7 +218,10 @@ class RequestCycle:
             conn.maybe_resume_reading()
         return {"type": "http.request", "body": body, "more_body": not self.body_done}
 
-    async def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> Awaitable[None]:
+        """ASGI ``send``, a callable returning an awaitable: a message is handled as it comes, and
+        an already-done future is returned, not a coroutine made per call, unless there is
+        something to wait for (a file to send, a full transport buffer)."""
         if self.disconnected:
             raise ClientDisconnected("the client disconnected")
         mtype = message["type"]
@@ -226,10 +230,11 @@ class RequestCycle:
             if mtype != "http.response.start":
                 raise RuntimeError(f"expected ASGI message 'http.response.start', got {mtype!r}")
             self._start(message)
-            return
+            return self.conn.service.done
         if state == DONE:
             raise RuntimeError(f"ASGI message {mtype!r} sent after the response was complete")
-        if state == BODY and self.conn.transport.is_closing():
+        conn = self.conn
+        if state == BODY and conn.transport.is_closing():
             # A write failed (the client reset): connection_lost comes only once the loop runs,
             # and an app that streams without waiting would otherwise send its whole body first.
             self.disconnected = True
@@ -237,9 +242,15 @@ class RequestCycle:
         if mtype == "http.response.body":
             self._body(message.get("body", b""), message.get("more_body", False))
         elif mtype == "http.response.pathsend":
-            await self._pathsend(message["path"])
+            return self._send_path(message["path"])
         else:
             raise RuntimeError(f"expected ASGI message 'http.response.body', got {mtype!r}")
+        if conn.writing_paused:
+            return conn.drain()
+        return conn.service.done
+
+    async def _send_path(self, path: str) -> None:
+        await self._pathsend(path)
         if self.conn.writing_paused:
             await self.conn.drain()
 

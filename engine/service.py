@@ -114,6 +114,9 @@ class HttpService:
         #: No task factory on the loop (one set by the app's lifespan startup counts): request
         #: tasks are made by asyncio.Task itself.
         self.plain_tasks = loop.get_task_factory() is None
+        #: What a request's ``send`` returns when there is nothing to wait for (polycorn.cycle).
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.done.set_result(None)
         self.outbox = Outbox(loop)
         #: New connections until their first bytes: one timer for all (polycorn.first_byte).
         self.first_byte = FirstByteWait(loop, self.keep_alive or self.header_timeout)

@@ -242,6 +242,25 @@ def test_no_body_statuses(serve: Any, stack: dict[str, str], status: int) -> Non
     sock.close()
 
 
+def test_send_returns_an_awaitable_asyncio_can_wrap(serve: Any, stack: dict[str, str]) -> None:
+    """``send`` is an awaitable callable (not always a coroutine): wait_for, ensure_future and
+    gather take what it returns, and the messages still go out in order."""
+    import asyncio
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await asyncio.wait_for(send({"type": "http.response.start", "status": 200, "headers": []}), 5)
+        await asyncio.ensure_future(send({"type": "http.response.body", "body": b"one ", "more_body": True}))
+        await asyncio.gather(send({"type": "http.response.body", "body": b"two"}))
+
+    srv = serve(app, **stack)
+    status, headers, body = split_response(
+        exchange(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    )
+    assert status == "HTTP/1.1 200 OK"
+    assert ("transfer-encoding", "chunked") in headers
+    assert dechunk(body) == (b"one two", b"")  # (body, bytes after it)
+
+
 # -- response headers ------------------------------------------------------------------------------------
 
 
