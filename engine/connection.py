@@ -389,7 +389,9 @@ class HttpConnection(asyncio.Protocol):
     def _run(self, cycle: Cycle) -> None:
         self.active = cycle
         service = self.service
-        if not service.admit():
+        if not service.limited:
+            service.inflight += 1  # all that admit() does without --limit-concurrency
+        elif not service.admit():
             if service.reject:
                 if service.metrics is not None:
                     service.metrics.rejected += 1
@@ -452,8 +454,14 @@ class HttpConnection(asyncio.Protocol):
             self.maybe_resume_reading()
             self.close_if_idle(service.shutdown_linger)
             return
-        self.maybe_resume_reading()
-        self._idle()
+        if self.reading_paused:
+            self.maybe_resume_reading()
+        # Idle: the keep-alive deadline (_arm, with the usual case, a timer already due before it
+        # that will look again when it fires, done here).
+        self.head_since = 0.0
+        deadline = self.deadline = self.loop.time() + service.keep_alive
+        if self.timer is None or self.timer_at > deadline:
+            self._arm(deadline)
 
     def abort_cycle(self, cycle: Cycle) -> None:
         """The response cannot be finished: the client sees the connection close."""
@@ -484,10 +492,6 @@ class HttpConnection(asyncio.Protocol):
     # keep-alive timeout), a head begun (--timeout-request-header) or the app waiting for body
     # bytes (--timeout-request-body). It is re-armed lazily: a new deadline later than the timer
     # only moves ``deadline``; the timer, when it fires, looks again.
-    def _idle(self) -> None:
-        self.head_since = 0.0
-        self._arm(self.loop.time() + self.service.keep_alive)
-
     def _arm(self, deadline: float) -> None:
         """Set ``deadline``, bringing the timer forward only when it would fire after it."""
         self.deadline = deadline

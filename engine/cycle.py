@@ -134,7 +134,9 @@ class RequestCycle:
 
     def end_body(self) -> None:
         self.body_done = True
-        self.wake()
+        waiter = self.waiter  # wake(), for the one call per request
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def wake(self) -> None:
         waiter = self.waiter

@@ -26,7 +26,6 @@ class HttptoolsAdapter:
         "_sink",
         "_url",
         "_headers",
-        "_head_bytes",
         "_in_head",
         "_in_body",
         "_completed",
@@ -46,7 +45,6 @@ class HttptoolsAdapter:
         self._limits = limits
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
         self._in_head = False
         self._in_body = False  # the head went to the sink; its body and end are still due
         self._completed = False  # a message ended during the current feed()
@@ -130,6 +128,13 @@ class HttptoolsAdapter:
             if self._raw_head > self._limits.head:
                 self._stopped = True
                 raise ProtocolError(431, "request head too large")
+        if self._headers and (self._in_head or self._in_body):
+            try:
+                self._check_fields(0)  # a head, or a trailer section, still incomplete
+            except ProtocolError:
+                self._stopped = True
+                self._in_body = False
+                raise
 
     def stop(self) -> None:
         self._stopped = True
@@ -146,7 +151,6 @@ class HttptoolsAdapter:
         self._url = b""
         self._headers = []
         self._in_head = True
-        self._head_bytes = 0
         self._raw_head = 0
 
     def on_url(self, url: bytes) -> None:
@@ -171,12 +175,7 @@ class HttptoolsAdapter:
         elif name == b"content-length" and len(value) > 20:
             # h11 takes at most 20 digits (leading zeros included); llhttp only bounds the value.
             raise ProtocolError(400, "malformed request: Content-Length too long")
-        headers.append((name, value))
-        self._head_bytes += len(name) + len(value) + 4
-        if len(headers) > self._limits.fields:
-            raise ProtocolError(431, "too many header fields")
-        if self._head_bytes > self._limits.head:
-            raise ProtocolError(431, "request head too large")
+        headers.append((name, value))  # bounded per feed and per head, not per field: _check_fields
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -190,20 +189,35 @@ class HttptoolsAdapter:
         # line), and the line is then just as long as "METHOD SP target" needs: no empty line
         # before it, no extra space within. Else _version looks further.
         version = None
-        if self._fresh and not self._completed:
+        here = self._fresh and not self._completed  # the head began this feed
+        if here:
             at = len(method) + 1 + len(url)
             version = _LINE_ENDS(self._data[at : at + 10])
             self._seen = at + 6
         if version is None:
             version = self._version(method, url)
-        # The whole head: request line, fields as "name: value" lines, CRLFs (as in the h11 adapter).
-        if self._head_bytes + len(method) + len(url) + 14 > self._limits.head:
-            raise ProtocolError(431, "request head too large")
         headers = self._headers
+        limits = self._limits
+        # A head that began this feed is within the size limit when the whole feed is.
+        if len(headers) > limits.fields or not here or len(self._data) > limits.head:
+            self._check_fields(len(method) + len(url) + 14)  # request line, its CRLF, the last CRLF
         self._headers = []  # trailer fields land here, never in the request's headers
-        self._head_bytes = 0
         self._in_body = True
         self._sink.on_head(method, url, version, headers)
+
+    def _check_fields(self, line: int) -> None:
+        """The --limit-request-fields and --limit-request-line/-head bounds on what was parsed.
+
+        Checked once a head is complete, and after each feed for a head or trailer section still
+        incomplete (its fields were parsed from at most one read).
+        """
+        limits = self._limits
+        fields = self._headers
+        if len(fields) > limits.fields:
+            raise ProtocolError(431, "too many header fields")
+        # Measured as the h11 adapter does: each field as a "name: value" CRLF line.
+        if line + sum(len(name) + len(value) + 4 for name, value in fields) > limits.head:
+            raise ProtocolError(431, "request head too large")
 
     def _version(self, method: bytes, url: bytes) -> str:
         """The request's version, once the request line is checked where it is not at hand."""
@@ -246,6 +260,8 @@ class HttptoolsAdapter:
         # refuses bytes after a closing message (feed() drops that error), a next message after
         # a stop() ends in on_message_begin, and after an Upgrade or CONNECT llhttp stops by
         # itself and says where the next protocol's bytes begin.
+        if self._headers:
+            self._check_fields(0)  # a trailer section
         self._in_body = False
         self._completed = True
         self._sink.on_message_complete()

@@ -123,6 +123,8 @@ class HttpService:
         self.inflight = 0
         self.served = 0
         self._limit = config.limit_concurrency or 0
+        #: Whether admit() must be asked (--limit-concurrency); else a request only counts in.
+        self.limited = bool(self._limit)
         #: The other loops of this server, when there are any (set by polycorn.loops.coordination):
         #: ``publish(n)`` shares this loop's in-flight count, ``others()`` sums theirs. Both touch
         #: only shared memory, so admission stays on this loop with no lock and no round trip.
