@@ -119,11 +119,16 @@ class HttpConnection(asyncio.Protocol):
         service.connections.add(self)
         if service.metrics is not None:
             service.metrics.accepted += 1
+        # IPv4 addresses come as (str, int) already; IPv6 ones have two more fields to drop.
         peer = transport.get_extra_info("peername")
-        if isinstance(peer, (tuple, list)) and len(peer) >= 2:
+        if type(peer) is tuple and len(peer) == 2:
+            self.client = peer
+        elif isinstance(peer, (tuple, list)) and len(peer) >= 2:
             self.client = (str(peer[0]), int(peer[1]))
         sock = transport.get_extra_info("sockname")
-        if isinstance(sock, (tuple, list)) and len(sock) >= 2:
+        if type(sock) is tuple and len(sock) == 2:
+            self.server = sock
+        elif isinstance(sock, (tuple, list)) and len(sock) >= 2:
             self.server = (str(sock[0]), int(sock[1]))
         elif sock:
             self.server = (str(sock), None)  # UNIX socket: (path, None) per the ASGI spec
@@ -175,10 +180,11 @@ class HttpConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        for cycle in (self.active, self.parsing, *(self.pipeline or ())):
-            if cycle is not None:
-                cycle.disconnected = True
-                cycle.wake()
+        if self.active is not None or self.parsing is not None or self.pipeline:
+            for cycle in (self.active, self.parsing, *(self.pipeline or ())):
+                if cycle is not None:
+                    cycle.disconnected = True
+                    cycle.wake()
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -255,7 +261,14 @@ class HttpConnection(asyncio.Protocol):
             if kind == _HOST:
                 hosts += 1
             elif kind == _CONNECTION:
-                for token in value.lower().split(b","):
+                value = value.lower()
+                if value == b"close":  # a single token, as most clients send it
+                    closing = True
+                    continue
+                if value == b"keep-alive":
+                    keep_alive = keep_alive or http_version == "1.0"
+                    continue
+                for token in value.split(b","):
                     token = token.strip()
                     if token == b"close":
                         closing = True
