@@ -261,7 +261,6 @@ class RequestCycle:
         if type(status) is not int:
             raise RuntimeError(f"response status must be an int, got {status!r}")
         parts: list[bytes] = []
-        append = parts.append
         replaced = 0
         kinds = _NAME_KINDS
         for name, value in message.get("headers", ()):
@@ -290,10 +289,7 @@ class RequestCycle:
                     continue  # the writer emits its own Connection header
                 else:
                     replaced |= 1 << kind  # the app's server/date replaces ours
-            append(name)
-            append(b": ")
-            append(value)
-            append(b"\r\n")
+            parts += (name, b": ", value, b"\r\n")
         block = b"".join(parts)
         if not valid_header_block(block, len(parts) >> 2):  # names are tokens (above)
             raise RuntimeError("invalid response header value (CR, LF or NUL)")
