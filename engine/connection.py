@@ -244,16 +244,15 @@ class HttpConnection(asyncio.Protocol):
     # -- parser sink ----------------------------------------------------------------------------
     def on_head(self, method: bytes, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]]) -> None:
         service = self.service
-        if http_version != "1.1" and http_version != "1.0":
-            raise ProtocolError(505, f"HTTP version {http_version} not supported")
         keep_alive = http_version == "1.1"
+        if not keep_alive and http_version != "1.0":
+            raise ProtocolError(505, f"HTTP version {http_version} not supported")
         hosts = 0
-        expect_continue = upgrade = False
+        expect_continue = upgrade = closing = switching = False
         upgrade_to = None
         client = self.client
         scheme = self.scheme
         proxied: list[tuple[bytes, bytes]] | None = None  # proxy headers of a trusted peer
-        closing = False
         for name, value in headers:
             kind = _REQUEST_SPECIAL(name)
             if kind is None:
@@ -291,18 +290,21 @@ class HttpConnection(asyncio.Protocol):
             client, scheme, headers = forwarded.apply(
                 proxied, client, scheme, headers, service.trusts_host, service.forwarded_host
             )
-        if not service.keep_alive:
-            keep_alive = False  # --timeout-keep-alive 0: one request per connection
         if hosts != 1 and (hosts or http_version == "1.1"):
             # RFC 9112 §3.2: exactly one Host in HTTP/1.1; never several.
             raise ProtocolError(400, "missing Host header" if not hosts else "several Host headers")
-        if closing:
-            keep_alive = False  # RFC 9112 §9.6: close wins, wherever it stands among the tokens
-        # llhttp switches protocols only for a non-empty Upgrade field (and the h11 adapter too).
-        switching = (upgrade and bool(upgrade_to)) or method == b"CONNECT"
-        if switching:
-            # No protocol switch is served here: answer the request as plain HTTP and close, as
-            # RFC 9110 §7.8 allows; httptools stops parsing at such a request anyway.
+        # The seven usual methods have their str at hand; any other may be CONNECT.
+        method_name = _METHODS(method)
+        if method_name is None:
+            method_name = method.decode("ascii")
+            switching = method_name == "CONNECT"
+        if upgrade and upgrade_to:
+            switching = True  # llhttp switches only for a non-empty Upgrade field (so does h11's adapter)
+        if closing or switching or not service.keep_alive:
+            # close wins wherever it stands among the tokens (RFC 9112 §9.6); no protocol switch
+            # is served here: the request is answered as plain HTTP, then the connection closes,
+            # as RFC 9110 §7.8 allows (httptools stops parsing there anyway); and with
+            # --timeout-keep-alive 0 there is one request per connection.
             keep_alive = False
 
         if target[:1] == b"/":
@@ -325,7 +327,7 @@ class HttpConnection(asyncio.Protocol):
             "server": self.server,
             "client": client,
             "scheme": scheme,
-            "method": _METHODS(method) or method.decode("ascii"),
+            "method": method_name,
             "root_path": root_path,
             "path": root_path + path if root_path else path,
             "raw_path": service.root_path_bytes + raw_path if root_path else raw_path,
