@@ -76,7 +76,7 @@ class RequestCycle:
         "scope",
         "keep_alive",
         "expect_continue",
-        "is_head",
+        "no_content",
         "chunks",
         "buffered",
         "body_done",
@@ -100,14 +100,16 @@ class RequestCycle:
         scope: dict[str, Any],
         keep_alive: bool,
         expect_continue: bool,
-        is_head: bool,
+        no_content: bool,
         started_at: float,
     ) -> None:
         self.conn = conn
         self.scope = scope
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
-        self.is_head = is_head
+        #: No content goes out: a HEAD request's response, and (set with the head) one whose
+        #: status carries none (RFC 9110 §6.4.1).
+        self.no_content = no_content
         self.chunks: list[bytes] = []
         self.buffered = 0
         self.body_done = False
@@ -307,18 +309,20 @@ class RequestCycle:
         if status in NO_BODY_STATUSES:
             self.remaining = None
             self.chunked = False
+            self.no_content = True
+        # Past this point no_content still means only that the request is a HEAD.
         elif self.remaining is not None:
             self.chunked = False
-            if self.is_head:
+            if self.no_content:
                 self.remaining = None
-        elif self.is_head and not body_length:
+        elif self.no_content and not body_length:
             self.chunked = False  # an empty HEAD body says nothing about the GET length
         elif not more_body and body_length is not None:
             framing = b"content-length: %d\r\n" % body_length
             self.chunked = False
         elif self.scope["http_version"] == "1.1":
             framing = b"transfer-encoding: chunked\r\n"
-            self.chunked = not self.is_head  # a HEAD answer says how GET's is framed, and stops
+            self.chunked = not self.no_content  # a HEAD answer says how GET's is framed, and stops
         else:
             self.chunked = False
             self.keep_alive = False  # HTTP/1.0: the close delimits the body (RFC 9112 §6.3)
@@ -342,7 +346,7 @@ class RequestCycle:
             head = self._head(len(body), more_body)
         else:
             head = b""
-        if self.is_head or self.status in NO_BODY_STATUSES:
+        if self.no_content:
             body = b""
         remaining = self.remaining
         if remaining is not None:
@@ -387,11 +391,11 @@ class RequestCycle:
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
             if self.state == HEAD:
-                if self.remaining is None and not self.is_head and self.status not in NO_BODY_STATUSES:
+                if self.remaining is None and not self.no_content and self.status not in NO_BODY_STATUSES:
                     self.remaining = size
                     self.head_block += b"content-length: %d\r\n" % size
                 conn.write(self._head(None, True))
-            if not self.is_head and self.status not in NO_BODY_STATUSES:
+            if not self.no_content:  # set for a status without content by _head, just above
                 if self.remaining is not None and self.remaining != size:
                     self.keep_alive = False
                     raise RuntimeError("pathsend file size differs from the content-length header")

@@ -234,11 +234,10 @@ class HttpService:
         """
         if not self.proxy_headers:
             return False
-        if self._networks is None:
-            return True
         if client is None:
-            return self._trust_unix and transport is not None and _is_unix(transport)
-        return self.trusts_host(client[0])
+            return self._networks is None or (self._trust_unix and transport is not None and _is_unix(transport))
+        known = self._trusted_hosts.get(client[0])  # trusts_host's cache, looked at first
+        return known if known is not None else self.trusts_host(client[0])
 
     def trusts_host(self, host: str) -> bool:
         """Whether an address, a peer's or one in X-Forwarded-For/Forwarded, is a trusted proxy."""
