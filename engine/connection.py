@@ -242,7 +242,9 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     # -- parser sink ----------------------------------------------------------------------------
-    def on_head(self, method: bytes, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]]) -> None:
+    def on_head(
+        self, method: bytes, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]], complete: bool
+    ) -> None:
         service = self.service
         keep_alive = http_version == "1.1"
         if not keep_alive and http_version != "1.0":
@@ -358,9 +360,10 @@ class HttpConnection(asyncio.Protocol):
                 method == b"HEAD",
                 service.clock() if service.timed else 0.0,
             )
-            if switching:
+            if switching or complete:
                 cycle.body_done = True
-        self.parsing = cycle
+        if not complete:
+            self.parsing = cycle  # until on_message_complete
         if self.active is None:
             self._run(cycle)
         else:

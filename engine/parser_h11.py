@@ -165,7 +165,7 @@ class H11Adapter:
                 headers = list(event.headers)  # type: ignore[union-attr]
                 framing = self._check_head(method, target, version, headers)
                 if framing != _SWITCH:
-                    sink.on_head(method, target, version.decode("ascii"), headers)
+                    sink.on_head(method, target, version.decode("ascii"), headers, not framing)
                     if framing:
                         # The body is read here, not by h11 (whose chunk reader is lenient and
                         # whose events cost more than counting bytes).
@@ -178,15 +178,15 @@ class H11Adapter:
                     continue
                 # Upgrade or CONNECT: llhttp hands such a request over without a body and stops
                 # there, since what follows is another protocol; do the same.
-                sink.on_head(method, target, version.decode("ascii"), headers)
-                sink.on_message_complete()
+                sink.on_head(method, target, version.decode("ascii"), headers, True)
                 self._stopped = self._awaiting_head = True
                 rest = conn.trailing_data[0]
                 if rest:
                     sink.on_upgrade_data(bytes(rest))
                 return
             elif kind is h11.EndOfMessage:
-                sink.on_message_complete()
+                # Only a message without a body ends here (the adapter reads bodies itself), and
+                # on_head told the sink so: nothing to say.
                 if self._stopped:
                     self._awaiting_head = True
                     return

@@ -15,6 +15,10 @@ _VERSIONS = {b"1.1\r": "1.1", b"1.0\r": "1.0"}.get
 _LINE_ENDS = {b" HTTP/1.1\r": "1.1", b" HTTP/1.0\r": "1.0"}.get
 
 
+#: The request header names that frame a body, checked as they come.
+_FRAMING = frozenset((b"transfer-encoding", b"content-length"))
+
+
 class _Stopped(Exception):
     """Raised inside a callback to abandon the rest of the buffer."""
 
@@ -28,6 +32,7 @@ class HttptoolsAdapter:
         "_headers",
         "_in_head",
         "_in_body",
+        "_framed",
         "_completed",
         "_raw_head",
         "_data",
@@ -47,6 +52,7 @@ class HttptoolsAdapter:
         self._headers: list[tuple[bytes, bytes]] = []
         self._in_head = False
         self._in_body = False  # the head went to the sink; its body and end are still due
+        self._framed = False  # the head being parsed has a Content-Length or Transfer-Encoding
         self._completed = False  # a message ended during the current feed()
         self._raw_head = 0
         self._data = b""  # the bytes of the current feed()
@@ -151,6 +157,7 @@ class HttptoolsAdapter:
         self._url = b""
         self._headers = []
         self._in_head = True
+        self._framed = False
         self._raw_head = 0
 
     def on_url(self, url: bytes) -> None:
@@ -166,15 +173,19 @@ class HttptoolsAdapter:
         if value[-1:] in (b" ", b"\t"):
             value = value.rstrip(b" \t")  # RFC 9112 §5: OWS around the value is not part of it
         name = name.lower()
-        if name == b"transfer-encoding":
-            # Only "chunked" frames a body here (h11 knows no other coding, and llhttp lets
-            # "gzip, chunked" through): refuse the rest before the head reaches the app.
-            value = value.lower()
-            if value != b"chunked":
-                raise ProtocolError(400, "unsupported transfer coding")
-        elif name == b"content-length" and len(value) > 20:
-            # h11 takes at most 20 digits (leading zeros included); llhttp only bounds the value.
-            raise ProtocolError(400, "malformed request: Content-Length too long")
+        # One set lookup rather than two comparisons: the name's hash it computes is kept by the
+        # name, and the connection's lookup of the names it acts on reuses it.
+        if name in _FRAMING:
+            self._framed = True
+            if name == b"transfer-encoding":
+                # Only "chunked" frames a body here (h11 knows no other coding, and llhttp lets
+                # "gzip, chunked" through): refuse the rest before the head reaches the app.
+                value = value.lower()
+                if value != b"chunked":
+                    raise ProtocolError(400, "unsupported transfer coding")
+            elif len(value) > 20:
+                # h11 takes at most 20 digits (leading zeros included); llhttp only bounds the value.
+                raise ProtocolError(400, "malformed request: Content-Length too long")
         headers.append((name, value))  # bounded per feed and per head, not per field: _check_fields
 
     def on_headers_complete(self) -> None:
@@ -203,7 +214,7 @@ class HttptoolsAdapter:
             self._check_fields(len(method) + len(url) + 14)  # request line, its CRLF, the last CRLF
         self._headers = []  # trailer fields land here, never in the request's headers
         self._in_body = True
-        self._sink.on_head(method, url, version, headers)
+        self._sink.on_head(method, url, version, headers, not self._framed)
 
     def _check_fields(self, line: int) -> None:
         """The --limit-request-fields and --limit-request-line/-head bounds on what was parsed.
@@ -264,4 +275,5 @@ class HttptoolsAdapter:
             self._check_fields(0)  # a trailer section
         self._in_body = False
         self._completed = True
-        self._sink.on_message_complete()
+        if self._framed:  # else on_head said the message was complete
+            self._sink.on_message_complete()

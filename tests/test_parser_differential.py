@@ -46,8 +46,12 @@ class Recorder:
     def __init__(self) -> None:
         self.adapter: Any = None
         self.events: list[list[Any]] = []
+        self.body_due = False  # a head that frames a body came; its end has not
 
-    def on_head(self, method: bytes, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]]) -> None:
+    def on_head(
+        self, method: bytes, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]], complete: bool
+    ) -> None:
+        assert not self.body_due, "a head before the previous message ended"
         if http_version not in ("1.1", "1.0"):
             raise ProtocolError(505, "version")
         keep_alive = http_version == "1.1"
@@ -78,11 +82,16 @@ class Recorder:
         # events. The list itself is kept, not a copy: an adapter appending to it later
         # (trailer fields, say) would change what the app sees in scope["headers"].
         self.events.append(["head", method, target, http_version, headers])
+        if complete:
+            self.events.append(["end"])  # a head without a body is the whole message
+        else:
+            self.body_due = True
         if not keep_alive or upgrade or method == b"CONNECT":
             self.adapter.stop()
 
     def on_body(self, chunk: bytes) -> None:
         assert isinstance(chunk, bytes)
+        assert self.body_due, "body bytes for a message said to be complete"
         events = self.events
         if events and events[-1][0] == "body":
             events[-1][1] += chunk
@@ -90,6 +99,8 @@ class Recorder:
             events.append(["body", chunk])
 
     def on_message_complete(self) -> None:
+        assert self.body_due, "an end for a message said to be complete"
+        self.body_due = False
         self.events.append(["end"])
 
     def on_upgrade_data(self, data: bytes) -> None:
