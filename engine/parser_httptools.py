@@ -217,7 +217,7 @@ class HttptoolsAdapter:
         self._sink.on_head(method, url, version, headers, not self._framed)
 
     def _check_fields(self, line: int) -> None:
-        """The --limit-request-fields and --limit-request-line/-head bounds on what was parsed.
+        """The --limit-request-fields and --limit-request-head bounds on the fields parsed so far.
 
         Checked once a head is complete, and after each feed for a head or trailer section still
         incomplete (its fields were parsed from at most one read).

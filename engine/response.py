@@ -34,6 +34,10 @@ NO_BODY_STATUSES = frozenset({204, 304}) | frozenset(range(100, 200))
 TOKEN = re.compile(b"[%s]+" % re.escape(TCHARS)).fullmatch
 
 
+#: What no header value may hold (and each line ends with a CR and an LF).
+_LINE_BREAKS = b"\r\n\0"
+
+
 def valid_header_block(block: bytes, lines: int) -> bool:
     """Whether ``lines`` "name: value" CRLF lines, with token names, carry no CR, LF or NUL in a value.
 
@@ -42,9 +46,6 @@ def valid_header_block(block: bytes, lines: int) -> bool:
     joined block, not per value, in one pass: deleting CR, LF and NUL removes two bytes per line.
     """
     return len(block) - len(block.translate(None, _LINE_BREAKS)) == 2 * lines
-
-
-_LINE_BREAKS = b"\r\n\0"
 
 
 def status_line(status: int) -> bytes:

@@ -163,7 +163,8 @@ class HttpService:
 
     # -- admission and accounting ----------------------------------------------------------------
     def admit(self) -> bool:
-        """Count a request in; False at --limit-concurrency (the caller queues it or sends 503)."""
+        """Under --limit-concurrency, count a request in, or False at the limit (the caller queues
+        it or sends 503). Without a limit the connection counts it in itself (HttpConnection._run)."""
         limit = self._limit
         if limit:
             if self.waiting or self.inflight + self._others() >= limit:
