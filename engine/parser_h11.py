@@ -96,6 +96,11 @@ class H11Adapter:
         self._conn.receive_data(data)
         try:
             self._drain()
+            raw = self._raw
+            if self._awaiting_head and raw and raw.count(b"\n") > self._limits.fields + 1:
+                # A head still incomplete with too many fields already (its request line and
+                # each field end in an LF): refused now, as the httptools adapter does.
+                raise ProtocolError(431, "too many header fields")
         except ProtocolError:
             self._stopped = self._awaiting_head = True  # nothing after a broken message is parsed
             raise

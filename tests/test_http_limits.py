@@ -89,6 +89,34 @@ def test_endless_head_is_431_without_waiting(serve: Any, stack: dict[str, str]) 
     sock.close()
 
 
+def test_too_many_fields_in_a_head_not_yet_ended_is_431_without_waiting(serve: Any, stack: dict[str, str]) -> None:
+    """Field counts are checked as each read is parsed, not only once the head ends."""
+    srv = serve(responder(), limit_request_fields=5, **stack)
+    sock = open_conn(srv.port)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(10)))  # no end
+    assert_error_response(read_rest(sock), 431)
+    sock.close()
+
+
+def test_too_many_trailer_fields_not_yet_ended_is_431_without_waiting(serve: Any, stack: dict[str, str]) -> None:
+    """A trailer section is bounded like a head, as each read is parsed."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass  # the whole body, trailers included, before answering
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"read"})
+
+    srv = serve(app, limit_request_fields=5, **stack)
+    sock = open_conn(srv.port)
+    sock.sendall(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+        + b"".join(b"X-%d: v\r\n" % i for i in range(10))  # no end of the trailer section
+    )
+    assert_error_response(read_rest(sock), 431)
+    sock.close()
+
+
 def test_h11_max_incomplete_event_size_bounds_the_h11_buffer(serve: Any) -> None:
     """The h11-only bound applies to a head still incomplete, below --limit-request-head."""
     srv = serve(responder(), http="h11", h11_max_incomplete_event_size=1024, limit_request_head=65536)
