@@ -370,7 +370,10 @@ class Config:
         100, "Maximum number of request header fields (431 beyond).", minimum=1, group="limits"
     )
     limit_request_head: int = option(
-        65536, "Maximum bytes of the whole request head: line and headers (431 beyond).", minimum=256, group="limits"
+        65536,
+        "Maximum bytes of the whole request head: line and headers (431 beyond); a chunked body's trailer section too.",
+        minimum=256,
+        group="limits",
     )
     h11_max_incomplete_event_size: int | None = option(
         None,

@@ -79,6 +79,7 @@ class HttpConnection(asyncio.Protocol):
         "upgrade",
         "held",
         "unheard",
+        "body_bytes",
     )
 
     def __init__(self, service: HttpService) -> None:
@@ -111,6 +112,8 @@ class HttpConnection(asyncio.Protocol):
         #: Waiting for its first bytes in the service's polycorn.first_byte.FirstByteWait (which
         #: sets and clears it): one attribute test per read instead of a dict lookup.
         self.unheard = False
+        #: Request body bytes parsed on this connection so far (polycorn.parsing.Sink).
+        self.body_bytes = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -391,6 +394,7 @@ class HttpConnection(asyncio.Protocol):
             self.upgrade.early += data
 
     def on_body(self, chunk: bytes) -> None:
+        self.body_bytes += len(chunk)
         cycle = self.parsing
         if cycle is not None:
             cycle.feed_body(chunk)

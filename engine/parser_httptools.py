@@ -33,6 +33,9 @@ class HttptoolsAdapter:
         "_in_head",
         "_in_body",
         "_framed",
+        "_chunk_open",
+        "_chunk_events",
+        "_trailer_raw",
         "_completed",
         "_raw_head",
         "_data",
@@ -53,6 +56,11 @@ class HttptoolsAdapter:
         self._in_head = False
         self._in_body = False  # the head went to the sink; its body and end are still due
         self._framed = False  # the head being parsed has a Content-Length or Transfer-Encoding
+        #: Between a chunk's header and its end: its data, or after the last (empty) chunk, the
+        #: trailer section, which httptools holds in memory until each field is complete.
+        self._chunk_open = False
+        self._chunk_events = 0  # chunk headers and ends so far
+        self._trailer_raw = 0  # bytes of whole reads since the open chunk's header that were not body
         self._completed = False  # a message ended during the current feed()
         self._raw_head = 0
         self._data = b""  # the bytes of the current feed()
@@ -75,6 +83,9 @@ class HttptoolsAdapter:
         self._data = data
         self._fresh = idle
         self._seen = 0
+        # A read that starts inside a chunk and brings neither its end nor another chunk's header
+        # is the chunk's data or, after the last chunk, trailer bytes: what was not body counts.
+        mark = (self._chunk_events, self._sink.body_bytes) if self._chunk_open and self._in_body else None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -134,6 +145,12 @@ class HttptoolsAdapter:
             if self._raw_head > self._limits.head:
                 self._stopped = True
                 raise ProtocolError(431, "request head too large")
+        if mark is not None and self._in_body and self._chunk_events == mark[0]:
+            self._trailer_raw += len(data) - (self._sink.body_bytes - mark[1])
+            if self._trailer_raw > self._limits.head:
+                self._stopped = True
+                self._in_body = False
+                raise ProtocolError(431, "request trailer section too large")
         if self._headers and (self._in_head or self._in_body):
             try:
                 self._check_fields(0)  # a head, or a trailer section, still incomplete
@@ -264,6 +281,15 @@ class HttptoolsAdapter:
             return False
         self._seen = at + len(line)
         return True
+
+    def on_chunk_header(self) -> None:
+        self._chunk_open = True
+        self._chunk_events += 1
+        self._trailer_raw = 0
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_open = False
+        self._chunk_events += 1
 
     def on_message_complete(self) -> None:
         # After the last message, whatever follows is ignored without raising here (an exception

@@ -69,6 +69,10 @@ class ParserLimits:
 
 
 class Sink(Protocol):
+    #: Body bytes passed to ``on_body`` so far: an adapter tells by it which bytes of a read were
+    #: body and which were framing (the httptools adapter bounds a trailer section with it).
+    body_bytes: int
+
     def on_head(
         self, method: bytes, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]], complete: bool
     ) -> None:

@@ -6,8 +6,10 @@ well-formed responses followed by a close.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -114,6 +116,51 @@ def test_too_many_trailer_fields_not_yet_ended_is_431_without_waiting(serve: Any
         + b"".join(b"X-%d: v\r\n" % i for i in range(10))  # no end of the trailer section
     )
     assert_error_response(read_rest(sock), 431)
+    sock.close()
+
+
+def test_endless_trailer_field_is_431_without_waiting(serve: Any, stack: dict[str, str]) -> None:
+    """One trailer field that never ends is bounded like a head (--limit-request-head), not held."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"read"})
+
+    srv = serve(app, limit_request_head=4096, **stack)
+    sock = open_conn(srv.port)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: ")
+    with contextlib.suppress(OSError):  # the server may close while the bytes still go out
+        for _ in range(8):
+            sock.sendall(b"v" * 2048)
+            time.sleep(0.02)  # separate reads: the bound must hold across them
+    assert_error_response(read_rest(sock), 431)
+    sock.close()
+
+
+def test_large_chunks_in_many_reads_are_not_mistaken_for_trailers(serve: Any, stack: dict[str, str]) -> None:
+    """A chunk's data spread over many reads is body, however long: no 431 (see the test above)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d" % size})
+
+    srv = serve(app, limit_request_head=4096, **stack)
+    sock = open_conn(srv.port)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % (64 * 1024))
+    for _ in range(16):
+        sock.sendall(b"v" * 4096)
+        time.sleep(0.01)
+    sock.sendall(b"\r\n0\r\nX-T: done\r\n\r\n")
+    status, _, body = read_response(sock)
+    assert (status, body) == (200, b"65536")
     sock.close()
 
 

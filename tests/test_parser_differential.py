@@ -47,6 +47,7 @@ class Recorder:
         self.adapter: Any = None
         self.events: list[list[Any]] = []
         self.body_due = False  # a head that frames a body came; its end has not
+        self.body_bytes = 0
 
     def on_head(
         self, method: bytes, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]], complete: bool
@@ -92,6 +93,7 @@ class Recorder:
     def on_body(self, chunk: bytes) -> None:
         assert isinstance(chunk, bytes)
         assert self.body_due, "body bytes for a message said to be complete"
+        self.body_bytes += len(chunk)
         events = self.events
         if events and events[-1][0] == "body":
             events[-1][1] += chunk
