@@ -412,7 +412,7 @@ class HttpConnection(asyncio.Protocol):
         self.active = cycle
         service = self.service
         if not service.limited:
-            service.inflight += 1  # all that admit() does without --limit-concurrency
+            service.inflight += 1  # without --limit-concurrency a request only counts in
         elif not service.admit():
             if service.reject:
                 if service.metrics is not None:
@@ -478,12 +478,8 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.reading_paused:
             self.maybe_resume_reading()
-        # Idle: the keep-alive deadline (_arm, with the usual case, a timer already due before it
-        # that will look again when it fires, done here).
-        self.head_since = 0.0
-        deadline = self.deadline = self.loop.time() + service.keep_alive
-        if self.timer is None or self.timer_at > deadline:
-            self._arm(deadline)
+        self.head_since = 0.0  # idle: the keep-alive deadline
+        self._arm(self.loop.time() + service.keep_alive)
 
     def abort_cycle(self, cycle: Cycle) -> None:
         """The response cannot be finished: the client sees the connection close."""

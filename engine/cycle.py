@@ -136,9 +136,7 @@ class RequestCycle:
 
     def end_body(self) -> None:
         self.body_done = True
-        waiter = self.waiter  # wake(), for the one call per request
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.wake()
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -246,17 +244,12 @@ class RequestCycle:
         if mtype == "http.response.body":
             self._body(message.get("body", b""), message.get("more_body", False))
         elif mtype == "http.response.pathsend":
-            return self._send_path(message["path"])
+            return self._pathsend(message["path"])
         else:
             raise RuntimeError(f"expected ASGI message 'http.response.body', got {mtype!r}")
         if conn.writing_paused:
             return conn.drain()
         return conn.service.done
-
-    async def _send_path(self, path: str) -> None:
-        await self._pathsend(path)
-        if self.conn.writing_paused:
-            await self.conn.drain()
 
     def _start(self, message: dict[str, Any]) -> None:
         status = message["status"]
@@ -403,6 +396,8 @@ class RequestCycle:
                 self.bytes_sent += size
         self.remaining = None
         self._body(b"", False)
+        if conn.writing_paused:
+            await conn.drain()
 
     async def _send_file(self, file: Any, size: int) -> None:
         conn = self.conn

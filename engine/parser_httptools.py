@@ -8,10 +8,8 @@ import httptools
 
 from polycorn.parsing import LONGEST_METHOD, ParserLimits, ProtocolError, Sink
 
-#: The version a request line states, read from the bytes after "METHOD target HTTP/" with the
-#: CR that ends the line: what llhttp parsed there, without httptools formatting a string for it.
-_VERSIONS = {b"1.1\r": "1.1", b"1.0\r": "1.0"}.get
-#: The same, from the space before the protocol's name: how a request line opening its feed ends.
+#: The version a request line states, from the end of a line known to read "METHOD SP target":
+#: what llhttp parsed there, without httptools formatting a string for it.
 _LINE_ENDS = {b" HTTP/1.1\r": "1.1", b" HTTP/1.0\r": "1.0"}.get
 
 
@@ -33,7 +31,6 @@ class HttptoolsAdapter:
         "_in_head",
         "_in_body",
         "_framed",
-        "_chunk_open",
         "_chunk_events",
         "_trailer_raw",
         "_completed",
@@ -56,10 +53,9 @@ class HttptoolsAdapter:
         self._in_head = False
         self._in_body = False  # the head went to the sink; its body and end are still due
         self._framed = False  # the head being parsed has a Content-Length or Transfer-Encoding
-        #: Between a chunk's header and its end: its data, or after the last (empty) chunk, the
-        #: trailer section, which httptools holds in memory until each field is complete.
-        self._chunk_open = False
-        self._chunk_events = 0  # chunk headers and ends so far
+        #: Chunk headers and chunk ends so far: odd between a chunk's header and its end, that is
+        #: in its data or, after the last (empty) chunk, in the trailer section.
+        self._chunk_events = 0
         self._trailer_raw = 0  # bytes of whole reads since the open chunk's header that were not body
         self._completed = False  # a message ended during the current feed()
         self._raw_head = 0
@@ -83,9 +79,9 @@ class HttptoolsAdapter:
         self._data = data
         self._fresh = idle
         self._seen = 0
-        # A read that starts inside a chunk and brings neither its end nor another chunk's header
-        # is the chunk's data or, after the last chunk, trailer bytes: what was not body counts.
-        mark = (self._chunk_events, self._sink.body_bytes) if self._chunk_open and self._in_body else None
+        # Inside a chunk (chunk headers and ends alternate): where the chunk events and the body
+        # stood, for _bound_unfinished.
+        mark = (self._chunk_events, self._sink.body_bytes) if self._chunk_events & 1 and self._in_body else None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -122,13 +118,25 @@ class HttptoolsAdapter:
             # Not kept past the feed: on an idle connection it would pin a copy of the last
             # body bytes read (64 uploads of 64 KiB held 4 MiB) until the next request.
             self._data = b""
+        if self._in_head or self._in_body:
+            try:
+                self._bound_unfinished(data, in_head, idle, mark)
+            except ProtocolError:
+                self._stopped = True  # nothing after a broken message is parsed
+                self._in_body = False
+                raise
+
+    def _bound_unfinished(self, data: bytes, in_head: bool, idle: bool, mark: tuple[int, int] | None) -> None:
+        """After a read that left a message unfinished: bound what llhttp and httptools hold for it.
+
+        No callback reveals a head or a trailer field that never ends; so the bytes are counted.
+        """
+        limits = self._limits
         if self._in_head:
-            # The head is still incomplete: bound what llhttp and httptools hold for a head that
-            # never ends (a header line without an end, say), which no callback would reveal.
-            # Only bytes known to be this head's count: never a previous message's tail.
-            # Keep the bytes holding its request line (up to the line's limit) for the check of
-            # the request line in on_headers_complete.
-            keep = self._limits.request_line + 2
+            # Only bytes known to be this head's count: never a previous message's tail. Keep the
+            # bytes holding its request line (up to the line's limit) for the check of the
+            # request line in on_headers_complete.
+            keep = limits.request_line + 2
             if in_head and not self._completed:
                 self._raw_head += len(data)
                 if len(self._earlier) < keep:
@@ -142,22 +150,16 @@ class HttptoolsAdapter:
                 # It starts somewhere after the request line checked last (never that line).
                 self._earlier = data[self._seen :][-keep:]
                 self._earlier_whole = False
-            if self._raw_head > self._limits.head:
-                self._stopped = True
+            if self._raw_head > limits.head:
                 raise ProtocolError(431, "request head too large")
-        if mark is not None and self._in_body and self._chunk_events == mark[0]:
+        elif mark is not None and self._chunk_events == mark[0]:
+            # A whole read inside one chunk: that chunk's data, or after the last chunk, trailer
+            # bytes, which httptools holds until each field ends. What was not body counts.
             self._trailer_raw += len(data) - (self._sink.body_bytes - mark[1])
-            if self._trailer_raw > self._limits.head:
-                self._stopped = True
-                self._in_body = False
+            if self._trailer_raw > limits.head:
                 raise ProtocolError(431, "request trailer section too large")
-        if self._headers and (self._in_head or self._in_body):
-            try:
-                self._check_fields(0)  # a head, or a trailer section, still incomplete
-            except ProtocolError:
-                self._stopped = True
-                self._in_body = False
-                raise
+        if self._headers:
+            self._check_fields(0)  # a head, or a trailer section, still incomplete
 
     def stop(self) -> None:
         self._stopped = True
@@ -255,7 +257,7 @@ class HttptoolsAdapter:
         whole = not self._completed and data.startswith(line)
         if whole:
             seen = self._seen = len(line)
-            version = _VERSIONS(data[seen : seen + 4]) or parser.get_http_version()
+            version = _LINE_ENDS(data[seen - 6 : seen + 4]) or parser.get_http_version()
         else:
             version = parser.get_http_version()
         if version == "0.9":
@@ -283,12 +285,10 @@ class HttptoolsAdapter:
         return True
 
     def on_chunk_header(self) -> None:
-        self._chunk_open = True
         self._chunk_events += 1
         self._trailer_raw = 0
 
     def on_chunk_complete(self) -> None:
-        self._chunk_open = False
         self._chunk_events += 1
 
     def on_message_complete(self) -> None:

@@ -165,17 +165,13 @@ class HttpService:
     def admit(self) -> bool:
         """Under --limit-concurrency, count a request in, or False at the limit (the caller queues
         it or sends 503). Without a limit the connection counts it in itself (HttpConnection._run)."""
-        limit = self._limit
-        if limit:
-            if self.waiting or self.inflight + self._others() >= limit:
-                if not self.reject and not self.saturated:
-                    self._saturate(True)
-                return False
-            self.inflight += 1
-            if self.peers is not None:
-                self.peers.publish(self.inflight)
-            return True
+        if self.waiting or self.inflight + self._others() >= self._limit:
+            if not self.reject and not self.saturated:
+                self._saturate(True)
+            return False
         self.inflight += 1
+        if self.peers is not None:
+            self.peers.publish(self.inflight)
         return True
 
     def _others(self) -> int:
@@ -235,10 +231,11 @@ class HttpService:
         """
         if not self.proxy_headers:
             return False
+        if self._networks is None:
+            return True
         if client is None:
-            return self._networks is None or (self._trust_unix and transport is not None and _is_unix(transport))
-        known = self._trusted_hosts.get(client[0])  # trusts_host's cache, looked at first
-        return known if known is not None else self.trusts_host(client[0])
+            return self._trust_unix and transport is not None and _is_unix(transport)
+        return self.trusts_host(client[0])
 
     def trusts_host(self, host: str) -> bool:
         """Whether an address, a peer's or one in X-Forwarded-For/Forwarded, is a trusted proxy."""
