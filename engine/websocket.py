@@ -267,7 +267,8 @@ class WebSocketCycle(asyncio.Protocol):
         """The app is done: close an open session with ``code``, answer a pending handshake 500."""
         state = self.state
         if state == OPEN:
-            if not self.disconnected:
+            # The client's close may have come with the app's last message: answered already.
+            if not self.disconnected and self.protocol.state is _OPEN_STATE:
                 self._close(code, "")
         elif state == HANDSHAKE:
             if not self.disconnected:

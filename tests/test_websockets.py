@@ -7,6 +7,9 @@ library would never send. Limits, backpressure and shutdown live in test_websock
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+import time
 from typing import Any
 
 import pytest
@@ -15,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import connect, is_closed, read_response
 from tests.http_apps import wait_for
-from tests.ws_apps import RawClient, Recorder, echo_app, handshake_request
+from tests.ws_apps import RawClient, Recorder, echo_app, frame, handshake_request
 
 
 def run(coro: Any) -> Any:
@@ -376,6 +379,25 @@ def test_app_ending_after_accept_closes(serve: Any, when: str, code: int) -> Non
             assert info.value.rcvd is not None and info.value.rcvd.code == code
 
     run(client())
+
+
+def test_app_returning_as_the_clients_close_arrives_leaves_the_close_alone(
+    serve: Any, stack: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The app's last message and the client's close frame come in one read: the app returns
+    while the close handshake is already under way, and the server must not start another."""
+    srv = serve(_app_that("returns-after-accept"), **stack)
+    client = RawClient(srv.port)
+    assert client.status == 101
+    client.sock.sendall(frame(0x1, b"last") + frame(0x8, b"\x0f\xa0bye"))  # close 4000
+    opcode, payload = client.recv_frame()
+    assert (opcode, client.close_code(payload)) == (0x8, 4000)  # the client's close, answered
+    assert client.closed()
+    client.sock.close()
+    # A second close raised in the request task (websockets' InvalidState), logged as an error.
+    time.sleep(0.3)
+    gc.collect()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.mark.parametrize(
