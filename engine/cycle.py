@@ -13,6 +13,7 @@ import os
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from polycorn.errors import ClientDisconnected
 from polycorn.outbox import WRITE_SOON_BELOW
 from polycorn.response import (
     CONTINUE,
@@ -64,10 +65,6 @@ def _name_kind(name: Any) -> int:
 
 
 _PATHSEND_CHUNK = 256 * 1024
-
-
-class ClientDisconnected(OSError):
-    """``send()`` after the client went away (ASGI HTTP spec 2.4: an OSError subclass)."""
 
 
 class RequestCycle:

@@ -1,7 +1,7 @@
-"""Typed start-up errors.
+"""Polycorn's exception types: the start-up errors, and the one an app's ``send()`` raises.
 
-Only ``polycorn.cli`` turns these into exit codes; everything below it raises them so that
-embedding code (``Server.serve()``) can handle them like any other exception.
+Only ``polycorn.cli`` turns the start-up errors into exit codes; everything below it raises them
+so that embedding code (``Server.serve()``) can handle them like any other exception.
 """
 
 from __future__ import annotations
@@ -40,3 +40,11 @@ class BindError(PolycornError):
     """A listening socket could not be created (port in use, permission denied, bad path)."""
 
     exit_code = 1
+
+
+class ClientDisconnected(OSError):
+    """``send()`` after the client went away (ASGI HTTP spec 2.4: an OSError subclass).
+
+    Defined here, not beside its users: the compiled build (setup.py) cannot compile a subclass
+    of OSError, and this module stays plain Python.
+    """

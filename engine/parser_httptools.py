@@ -23,6 +23,8 @@ class _Stopped(Exception):
 
 class HttptoolsAdapter:
     name: ClassVar[str] = "httptools"
+    #: detach() deletes these; the compiled build (setup.py) allows that only when told so.
+    __deletable__ = ("_parser", "_sink", "on_body")
     __slots__ = (
         "_parser",
         "_sink",

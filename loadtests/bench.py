@@ -738,7 +738,16 @@ def machine(wrk: bool = True, dists: Sequence[str] = ()) -> dict[str, Any]:
         "system": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "versions": versions,
+        "polycorn_build": polycorn_build(),
     }
+
+
+def polycorn_build() -> str:
+    """Which build of Polycorn this interpreter serves: the compiled one (setup.py) or not."""
+    spec = importlib.util.find_spec("polycorn.connection")
+    if spec is None or spec.origin is None:
+        return "not installed"
+    return "interpreted" if spec.origin.endswith(".py") else "request path compiled (mypyc)"
 
 
 def csv_choices(choices: dict[str, Any]) -> Callable[[str], list[str]]:
@@ -826,7 +835,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(
         f"{info['cpus']} CPUs ({info['cpu_model']}), {info['system']}, {info['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+        + f"; polycorn build: {info['polycorn_build']}",
         flush=True,
     )
     print(

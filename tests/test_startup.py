@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from polycorn import connection as request_path
 from polycorn.version import __version__
 from tests.fixture_apps.process import Child, polycorn
 
@@ -67,6 +68,9 @@ def test_the_block_names_what_serves_and_the_limits() -> None:
     assert f"event loop   uvloop {metadata.version('uvloop')}" in body
     assert f"HTTP parser  httptools {metadata.version('httptools')} (llhttp)" in body
     assert f"WebSocket    websockets {metadata.version('websockets')}, permessage-deflate offered" in body
+    # The compiled build (setup.py's POLYCORN_COMPILE) has its request path as extension modules.
+    compiled = not request_path.__file__.endswith(".py")
+    assert ("build        request path compiled (mypyc)" if compiled else "build        interpreted") in body
     assert "workers      1, in this process" in body
     assert "concurrency 77 in flight (queue)" in body
     assert "55 fields" in body
