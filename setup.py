@@ -3,10 +3,10 @@
 Everything else about the package lives in pyproject.toml. By default nothing is compiled and
 this file changes nothing. With ``POLYCORN_COMPILE=1`` the modules every request runs through are
 compiled to C extensions by mypyc (from the same typed source; the .py files stay beside them),
-which takes a quarter to a third of the instructions off each request. It needs mypy and a C
+which takes about a third of the instructions off each request. It needs mypy and a C
 compiler at build time, so build without isolation once they are installed:
 
-    pip install setuptools mypy && POLYCORN_COMPILE=1 pip install --no-build-isolation .
+    pip install 'setuptools>=77' mypy && POLYCORN_COMPILE=1 pip install --no-build-isolation .
 
 Not for editable installs: the extensions would shadow the sources being edited.
 """
@@ -39,7 +39,7 @@ def _ext_modules() -> list:
     except ImportError:
         sys.exit(
             "POLYCORN_COMPILE=1 needs mypy (which has mypyc) where the package is built: "
-            "pip install setuptools mypy && POLYCORN_COMPILE=1 pip install --no-build-isolation ."
+            "pip install 'setuptools>=77' mypy && POLYCORN_COMPILE=1 pip install --no-build-isolation ."
         )
     link = os.path.join(STAGE, "polycorn")
     os.makedirs(STAGE, exist_ok=True)

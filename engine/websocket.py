@@ -16,8 +16,8 @@ import os
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from polycorn.cycle import DONE, ClientDisconnected, RequestCycle
-from polycorn.errors import ConfigError
+from polycorn.cycle import DONE, RequestCycle
+from polycorn.errors import ClientDisconnected, ConfigError
 from polycorn.logs import escape
 from polycorn.parsing import ProtocolError
 from polycorn.response import PHRASES, TOKEN, error_response, valid_header_block

@@ -743,11 +743,12 @@ def machine(wrk: bool = True, dists: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def polycorn_build() -> str:
-    """Which build of Polycorn this interpreter serves: the compiled one (setup.py) or not."""
-    spec = importlib.util.find_spec("polycorn.connection")
-    if spec is None or spec.origin is None:
+    """Which build of Polycorn this interpreter serves (polycorn.version.build)."""
+    try:
+        from polycorn.version import build
+    except ImportError:
         return "not installed"
-    return "interpreted" if spec.origin.endswith(".py") else "request path compiled (mypyc)"
+    return build()
 
 
 def csv_choices(choices: dict[str, Any]) -> Callable[[str], list[str]]:

@@ -15,7 +15,7 @@ import sys
 import sysconfig
 
 from polycorn.config import Config
-from polycorn.version import __version__
+from polycorn.version import __version__, build
 
 logger = logging.getLogger("polycorn.error")
 
@@ -45,13 +45,6 @@ def _accelerated() -> bool:
     return platform.python_implementation() == "CPython" and sys.platform not in ("win32", "cygwin")
 
 
-def compiled() -> bool:
-    """Whether the request path is the compiled build (``POLYCORN_COMPILE=1`` at install, setup.py)."""
-    from polycorn import connection
-
-    return not connection.__file__.endswith(".py")
-
-
 def describe(config: Config, loop: str, parser: str, workers: str) -> list[str]:
     """The lines of the block, after the title line; ``loop`` and ``parser`` are what runs."""
     kib = 1024
@@ -68,7 +61,7 @@ def describe(config: Config, loop: str, parser: str, workers: str) -> list[str]:
         f"event loop   {loop}" + (f" {_version('uvloop')}" if loop == "uvloop" else ""),
         f"HTTP parser  {parser} {_version(parser)}" + (" (llhttp)" if parser == "httptools" else ""),
         f"WebSocket    {websockets}",
-        "build        " + ("request path compiled (mypyc)" if compiled() else "interpreted"),
+        f"build        {build()}",
         f"workers      {workers}",
         f"limits       concurrency {concurrency}{recycle}; request line {config.limit_request_line} B, "
         f"{config.limit_request_fields} fields, head {config.limit_request_head // kib} KiB; "
